@@ -1,0 +1,1 @@
+"""Distillation of a SAM teacher into a TraceNet student (teachers, prompt sampling, losses, engine, data)."""

@@ -1,0 +1,51 @@
+"""`nas`: the TraceNAS command line. Each subcommand lives in `nas.commands.<name>`."""
+
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nas import __version__
+from nas.commands import space
+
+DESCRIPTION = """TraceNAS: find and train tiny TraceNet-style tap-to-segment models for phones.
+
+Workflow: inspect a search space (nas space show), sample members with their FLOPs
+(nas space sample) and verify receptive-field cropping (nas space check-tracing).
+Run 'nas COMMAND --help' for the options of each command."""
+
+COMMANDS = (space,)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line on stderr, with exit code 2."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="nas", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"tracenas {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    for command in COMMANDS:
+        command.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, OSError) as err:  # user errors: bad names, files, values — one line, exit 2
+        print(f"nas {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nas: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `nas` subcommand; each exposes `register(subparsers)`."""

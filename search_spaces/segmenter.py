@@ -1,0 +1,111 @@
+"""`Segmenter`: tap-to-mask inference on numpy images, the thin facade over a student.
+
+Resize policy: the image is resized (bilinear, antialiased) so that its long side equals the
+architecture's `resolution`, normalised with ImageNet statistics, and zero-padded at the bottom and
+right to multiples of 32. The mask logits (stride 8) are upsampled back to the original size.
+Only an output window around the tap is computed (receptive-field tracing): by default a square of
+half the network resolution; `window=None` computes the whole frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from search_spaces.checkpoint import load_student
+from search_spaces.head import NEGATIVE, POSITIVE
+from search_spaces.student import (
+    DEFAULT_WINDOW_FRACTION,
+    MASK_STRIDE,
+    SIZE_MULTIPLE,
+    TraceNetStudent,
+    tap_window,
+)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Click = tuple[float, float, bool]
+
+
+class Segmenter:
+    def __init__(self, model: TraceNetStudent, window: float | None = DEFAULT_WINDOW_FRACTION,
+                 device: str | torch.device = "cpu"):
+        """`window`: side of the computed output square as a fraction of the network resolution."""
+        if window is not None and not 0 < window <= 1:
+            raise ValueError(f"window must be in (0, 1] (a fraction of the resolution) or None, got {window}")
+        self.model = model.to(device).eval()
+        self.window = window
+        self.device = torch.device(device)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **kwargs: object) -> Segmenter:
+        return cls(load_student(path), **kwargs)
+
+    @torch.no_grad()
+    def predict(self, image: np.ndarray, clicks: Sequence[Click]) -> tuple[np.ndarray, float]:
+        """Mask (H, W) bool and predicted IoU for `clicks` [(x, y, positive)]; the first positive is the tap."""
+        h, w = _check_image(image)
+        ordered = _check_clicks(clicks, h, w)
+        resolution = self.model.arch.resolution
+        scale = resolution / max(h, w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None].float() / 255
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+        mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+        ph, pw = -(-nh // SIZE_MULTIPLE) * SIZE_MULTIPLE, -(-nw // SIZE_MULTIPLE) * SIZE_MULTIPLE
+        x = F.pad((x - mean) / std, (0, pw - nw, 0, ph - nh))
+        sy, sx = nh / h, nw / w  # pixel centres map as (x + 0.5) * s - 0.5
+        click_rows = [[(cx + 0.5) * sx - 0.5, (cy + 0.5) * sy - 0.5, POSITIVE if pos else NEGATIVE]
+                      for cx, cy, pos in ordered]
+        click_tensor = torch.tensor([click_rows], dtype=torch.float32, device=self.device)
+        window = None
+        if self.window is not None:
+            side = max(MASK_STRIDE, round(self.window * resolution))
+            window = tap_window((ph, pw), tuple(click_rows[0][:2]), side)
+        out = self.model(x, click_tensor, window=window)
+        cells = out.box
+        logits = torch.full((1, 1, ph, pw), -1e4, device=self.device)
+        window_logits = F.interpolate(out.logits, scale_factor=float(MASK_STRIDE), mode="bilinear",
+                                      align_corners=False)
+        px = cells.scaled(MASK_STRIDE)
+        logits[..., px.y0:px.y1, px.x0:px.x1] = window_logits
+        logits = F.interpolate(logits[..., :nh, :nw], size=(h, w), mode="bilinear", align_corners=False)
+        return (logits[0, 0] > 0).cpu().numpy(), float(torch.sigmoid(out.iou[0]))
+
+
+def _check_image(image: object) -> tuple[int, int]:
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"image must be a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8, got {image.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be HxWx3, got shape {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image is empty (shape {image.shape})")
+    return image.shape[0], image.shape[1]
+
+
+def _check_clicks(clicks: object, h: int, w: int) -> list[Click]:
+    """Validate clicks and put the tap (first positive click) first, keeping the others' order."""
+    if not isinstance(clicks, Sequence) or isinstance(clicks, str) or len(clicks) == 0:
+        raise ValueError("clicks must be a non-empty list of (x, y, positive)")
+    parsed = []
+    for i, click in enumerate(clicks):
+        if not isinstance(click, Sequence) or len(click) != 3:
+            raise ValueError(f"click {i} must be (x, y, positive), got {click!r}")
+        x, y, positive = click
+        if not all(isinstance(v, (int, float, np.integer, np.floating)) and np.isfinite(v) for v in (x, y)):
+            raise ValueError(f"click {i} has non-numeric coordinates {click!r}")
+        if not 0 <= x < w or not 0 <= y < h:
+            raise ValueError(f"click {i} at (x={x}, y={y}) is off the {w}x{h} image")
+        parsed.append((float(x), float(y), bool(positive)))
+    first = next((i for i, c in enumerate(parsed) if c[2]), None)
+    if first is None:
+        raise ValueError("at least one positive click (the tap) is required")
+    return [parsed[first]] + parsed[:first] + parsed[first + 1:]

@@ -1,0 +1,174 @@
+"""Search-space definitions: the choices a TraceNet-style student can take, and a registry of spaces.
+
+A space is a frozen `SpaceSpec`; register your own with `register_space` (the timm way) and every
+tool — sampling, supernet, tracing, CLI — works on it by name.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+ACTIVATIONS = ("relu", "hswish")
+
+
+class UnknownSpaceError(ValueError):
+    """A space name that is not registered."""
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One searchable backbone stage: base output channels, stride of its first block, activation."""
+
+    channels: int
+    stride: int
+    act: str
+
+    def __post_init__(self) -> None:
+        if self.act not in ACTIVATIONS:
+            raise ValueError(f"stage act={self.act!r} is not allowed; choose from {ACTIVATIONS}")
+        if self.stride not in (1, 2):
+            raise ValueError(f"stage stride={self.stride} is not allowed; choose from (1, 2)")
+
+
+@dataclass(frozen=True)
+class SpaceSpec:
+    """Choices of one search space. Every tuple lists the allowed values, smallest first."""
+
+    name: str
+    stages: tuple[StageSpec, ...]
+    resolutions: tuple[int, ...]
+    width_mults: tuple[float, ...]
+    depths: tuple[int, ...]
+    kernels: tuple[int, ...]
+    expands: tuple[int, ...]
+    fpn_channels: tuple[int, ...]
+    mask_channels: tuple[int, ...]
+    dyn_layers: tuple[int, ...]
+    se: tuple[bool, ...] = (False, True)
+    stem_channels: int = 16
+    stem_act: str = "hswish"
+    dyn_hidden: int = 8
+    description: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("resolutions", "width_mults", "depths", "kernels", "expands", "fpn_channels",
+                     "mask_channels", "dyn_layers", "se"):
+            values = getattr(self, name)
+            if not values or tuple(sorted(values)) != tuple(values) or len(set(values)) != len(values):
+                raise ValueError(f"space {self.name!r}: {name} must be non-empty, sorted and unique")
+        if any(r % 32 for r in self.resolutions):
+            raise ValueError(f"space {self.name!r}: resolutions must be multiples of 32 (total stride)")
+        if any(k % 2 == 0 for k in self.kernels):
+            raise ValueError(f"space {self.name!r}: kernels must be odd")
+        if math.prod(s.stride for s in self.stages) * 2 != 32:
+            raise ValueError(f"space {self.name!r}: stem (stride 2) and stages must reach stride 32")
+
+    @property
+    def max_depth(self) -> int:
+        return self.depths[-1]
+
+    @property
+    def feature_stages(self) -> tuple[int, ...]:
+        """Indices of the stages whose outputs feed the FPN: the last stage at strides 8, 16 and 32."""
+        stride, last_at = 2, {}
+        for i, stage in enumerate(self.stages):
+            stride *= stage.stride
+            last_at[stride] = i
+        missing = [s for s in (8, 16, 32) if s not in last_at]
+        if missing:
+            raise ValueError(f"space {self.name!r}: no stage ends at stride(s) {missing}")
+        return (last_at[8], last_at[16], last_at[32])
+
+    def size(self) -> int:
+        """Number of distinct architectures in the space."""
+        per_block = len(self.kernels) * len(self.expands)
+        per_stage = len(self.se) * sum(per_block**d for d in self.depths)
+        return (len(self.resolutions) * len(self.width_mults) * len(self.fpn_channels)
+                * len(self.mask_channels) * len(self.dyn_layers) * per_stage ** len(self.stages))
+
+    def encoding_length(self) -> int:
+        """Length of `ArchConfig.encode()` vectors for this space."""
+        global_len = sum(len(c) for c in (self.resolutions, self.width_mults, self.fpn_channels,
+                                          self.mask_channels, self.dyn_layers))
+        stage_len = len(self.depths) + 1 + self.max_depth * (len(self.kernels) + len(self.expands))
+        return global_len + stage_len * len(self.stages)
+
+    def describe(self) -> dict:
+        """Plain-dict view of the choices (for `nas space show`)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "stages": [{"channels": s.channels, "stride": s.stride, "act": s.act} for s in self.stages],
+            "stem_channels": self.stem_channels,
+            "resolutions": list(self.resolutions),
+            "width_mults": list(self.width_mults),
+            "depths": list(self.depths),
+            "kernels": list(self.kernels),
+            "expands": list(self.expands),
+            "se": list(self.se),
+            "fpn_channels": list(self.fpn_channels),
+            "mask_channels": list(self.mask_channels),
+            "dyn_layers": list(self.dyn_layers),
+            "dyn_hidden": self.dyn_hidden,
+            "feature_stages": list(self.feature_stages),
+            "size": self.size(),
+        }
+
+
+_SPACES: dict[str, SpaceSpec] = {}
+DEFAULT_SPACE = "tracenet_mbv3"
+
+
+def register_space(spec: SpaceSpec) -> SpaceSpec:
+    """Add a space to the registry (re-registering the same name replaces it)."""
+    _SPACES[spec.name] = spec
+    return spec
+
+
+def get_space(space: str | SpaceSpec) -> SpaceSpec:
+    if isinstance(space, SpaceSpec):
+        return space
+    try:
+        return _SPACES[space]
+    except KeyError:
+        raise UnknownSpaceError(
+            f"unknown space {space!r}; available: {', '.join(sorted(_SPACES))}") from None
+
+
+def list_spaces() -> list[str]:
+    return sorted(_SPACES)
+
+
+# Once-for-All's MobileNetV3 space (stage widths, strides and activations of MobileNetV3-Large).
+register_space(SpaceSpec(
+    name="tracenet_mbv3",
+    description="Once-for-All MobileNetV3 backbone + FPN (P3-P5) + CondInst-style tap-conditioned head",
+    stages=(StageSpec(24, 2, "relu"), StageSpec(40, 2, "relu"), StageSpec(80, 2, "hswish"),
+            StageSpec(112, 1, "hswish"), StageSpec(160, 2, "hswish")),
+    resolutions=(512, 640, 768, 896, 1024),
+    width_mults=(0.75, 1.0, 1.25),
+    depths=(2, 3, 4),
+    kernels=(3, 5, 7),
+    expands=(3, 4, 6),
+    fpn_channels=(32, 48, 64, 96),
+    mask_channels=(8, 16, 32),
+    dyn_layers=(1, 2, 3),
+))
+
+# A miniature of the same space for tests, smoke runs and examples: seconds on a CPU.
+register_space(SpaceSpec(
+    name="tracenet_tiny",
+    description="Miniature of tracenet_mbv3 for tests and smoke runs",
+    stages=(StageSpec(8, 2, "relu"), StageSpec(16, 2, "relu"), StageSpec(16, 2, "hswish"),
+            StageSpec(24, 1, "hswish"), StageSpec(32, 2, "hswish")),
+    resolutions=(64, 96, 128),
+    width_mults=(0.5, 1.0),
+    depths=(1, 2),
+    kernels=(3, 5, 7),
+    expands=(2, 3),
+    fpn_channels=(8, 16),
+    mask_channels=(4, 8),
+    dyn_layers=(1, 2, 3),
+    stem_channels=8,
+))

@@ -1,0 +1,93 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from search_spaces import ArchConfig, CheckpointError, Segmenter, TraceNetStudent, load_student, save_student
+
+TINY = "tracenet_tiny"
+
+
+@pytest.fixture
+def segmenter():
+    return Segmenter(TraceNetStudent(ArchConfig.sample(0, TINY)))
+
+
+IMAGE = np.random.default_rng(0).integers(0, 255, size=(50, 70, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("image, clicks, message", [
+    (IMAGE, [(70, 10, True)], "off the 70x50 image"),
+    (IMAGE, [(-1, 10, True)], "off the"),
+    (IMAGE, [(10, 50.0, True)], "off the"),
+    (IMAGE, [(10, 10, False)], "at least one positive click"),
+    (IMAGE, [], "non-empty"),
+    (IMAGE, [(10, 10)], "must be (x, y, positive)"),
+    (IMAGE, [("a", 10, True)], "non-numeric"),
+    (IMAGE, [(float("nan"), 10, True)], "non-numeric"),
+    (IMAGE.astype(np.float32), [(10, 10, True)], "uint8"),
+    (IMAGE[..., 0], [(10, 10, True)], "HxWx3"),
+    (np.zeros((50, 70, 4), np.uint8), [(10, 10, True)], "HxWx3"),
+    (np.zeros((0, 70, 3), np.uint8), [(10, 10, True)], "empty"),
+    ([[1, 2, 3]], [(0, 0, True)], "numpy array"),
+])
+def test_bad_input_raises_one_line_value_error(segmenter, image, clicks, message):
+    with pytest.raises(ValueError) as err:
+        segmenter.predict(image, clicks)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_predict_any_size_returns_mask_and_score(segmenter):
+    for shape in [(50, 70), (333, 97), (20, 20)]:
+        image = np.random.default_rng(1).integers(0, 255, size=(*shape, 3), dtype=np.uint8)
+        mask, score = segmenter.predict(image, [(5, 5, False), (shape[1] - 1, shape[0] - 1, True)])
+        assert mask.shape == shape and mask.dtype == bool
+        assert isinstance(score, float) and 0.0 <= score <= 1.0
+
+
+def test_window_limits_the_mask_to_the_region_around_the_tap():
+    model = TraceNetStudent(dataclasses.replace(ArchConfig.sample(0, TINY), resolution=64))
+    with torch.no_grad():  # bias the last dynamic layer so every computed pixel is foreground
+        model.head.bias_bias[-1].fill_(100.0)
+    image = np.zeros((256, 256, 3), np.uint8)
+    full_mask, _ = Segmenter(model, window=None).predict(image, [(10, 10, True)])
+    assert full_mask.all()
+    mask, _ = Segmenter(model, window=0.25).predict(image, [(10, 10, True)])
+    ys, xs = np.nonzero(mask)
+    # resolution 64 -> window 16 network px = 64 image px, kept inside the image at the corner
+    assert mask[:60, :60].all() and not mask[80:, :].any() and not mask[:, 80:].any()
+    assert ys.max() < 72 and xs.max() < 72
+
+
+def test_window_must_be_a_fraction():
+    with pytest.raises(ValueError, match="fraction"):
+        Segmenter(TraceNetStudent(ArchConfig.smallest(TINY)), window=2.0)
+
+
+def test_checkpoint_round_trip_and_errors(tmp_path, segmenter):
+    path = save_student(segmenter.model, tmp_path / "ckpt" / "student.pt", note="test")
+    assert sorted(p.name for p in path.parent.iterdir()) == ["student.pt"]  # no temp files left behind
+    loaded = Segmenter.from_checkpoint(path)
+    assert loaded.model.arch == segmenter.model.arch
+    clicks = [(30, 20, True), (5, 5, False)]
+    mask_a, score_a = segmenter.predict(IMAGE, clicks)
+    mask_b, score_b = loaded.predict(IMAGE, clicks)
+    assert np.array_equal(mask_a, mask_b) and score_a == pytest.approx(score_b)
+
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="corrupt.pt: not a readable checkpoint"):
+        load_student(corrupt)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match="not a TraceNAS student checkpoint"):
+        load_student(foreign)
+    mismatched = tmp_path / "mismatch.pt"
+    payload = torch.load(path, weights_only=True)
+    payload["arch"] = ArchConfig.largest(TINY).to_dict()
+    torch.save(payload, mismatched)
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_student(mismatched)
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_student(tmp_path / "missing.pt")
