@@ -7,15 +7,17 @@ import argparse
 import sys
 
 from nas import __version__
-from nas.commands import space
+from nas.commands import latency, profile, space
 
 DESCRIPTION = """TraceNAS: find and train tiny TraceNet-style tap-to-segment models for phones.
 
 Workflow: inspect a search space (nas space show), sample members with their FLOPs
-(nas space sample) and verify receptive-field cropping (nas space check-tracing).
+(nas space sample) and verify receptive-field cropping (nas space check-tracing);
+measure a device's latency table (nas profile) and price architectures on it
+(nas latency predict, nas latency tables).
 Run 'nas COMMAND --help' for the options of each command."""
 
-COMMANDS = (space,)
+COMMANDS = (space, profile, latency)
 
 
 class Parser(argparse.ArgumentParser):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from search_spaces.arch_config import ArchConfig, ArchConfigError
+from search_spaces.files import atomic_write
 from search_spaces.student import TraceNetStudent
 
 FORMAT = "tracenas-student"
@@ -21,19 +20,9 @@ class CheckpointError(ValueError):
 
 def save_student(model: TraceNetStudent, path: str | Path, **extra: object) -> Path:
     """Write `{format, version, arch, state_dict, **extra}`; a crash mid-write leaves no partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, "arch": model.arch.to_dict(),
                "state_dict": model.state_dict(), **extra}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_student(path: str | Path, map_location: str | torch.device = "cpu") -> TraceNetStudent:

@@ -76,7 +76,7 @@ class _Window:
     padding: tuple[int, int]
     dilation: tuple[int, int]
     pad_value: float
-    apply: Callable[[torch.Tensor], torch.Tensor]
+    apply: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]  # (crop, symmetric padding)
 
     def out_size(self, hw: tuple[int, int]) -> tuple[int, int]:
         return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1
@@ -106,7 +106,7 @@ def _conv_window(m: nn.Conv2d, name: str) -> _Window:
     else:
         padding = _pair(m.padding)
     return _Window(kernel, _pair(m.stride), padding, dilation, 0.0,
-                   lambda x: F.conv2d(x, m.weight, m.bias, m.stride, 0, m.dilation, m.groups))
+                   lambda x, pad: F.conv2d(x, m.weight, m.bias, m.stride, pad, m.dilation, m.groups))
 
 
 def _pool_window(m: nn.MaxPool2d | nn.AvgPool2d, name: str) -> _Window:
@@ -115,10 +115,10 @@ def _pool_window(m: nn.MaxPool2d | nn.AvgPool2d, name: str) -> _Window:
     kernel, stride, padding = _pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding)
     if isinstance(m, nn.MaxPool2d):
         return _Window(kernel, stride, padding, _pair(m.dilation), float("-inf"),
-                       lambda x: F.max_pool2d(x, kernel, stride, 0, m.dilation))
+                       lambda x, pad: F.max_pool2d(x, kernel, stride, pad, m.dilation))
     if not m.count_include_pad or m.divisor_override is not None:
         raise TracingError(f"{name}: average pooling must count padding (count_include_pad=True)")
-    return _Window(kernel, stride, padding, (1, 1), 0.0, lambda x: F.avg_pool2d(x, kernel, stride, 0))
+    return _Window(kernel, stride, padding, (1, 1), 0.0, lambda x, pad: F.avg_pool2d(x, kernel, stride, pad))
 
 
 def _nearest_scale(mode: str, size: object, scale: object, name: str) -> int:
@@ -263,16 +263,19 @@ class ReceptiveFieldTracer:
         return TracePlan(tuple(input_hw), boxes[input_node], boxes, sizes, output_boxes, local_pools)
 
     # ---------------------------------------------------------------- cropped execution
-    def run(self, plan: TracePlan, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Execute on `x`, the input cropped to `plan.input_box`; returns each output cut to its window."""
+    def run(self, plan: TracePlan, x: torch.Tensor,
+            observe: Callable[[torch.fx.Node, object], None] | None = None) -> tuple[torch.Tensor, ...]:
+        """Execute on `x`, the input cropped to `plan.input_box`; returns each output cut to its window.
+
+        `observe(node, value)` sees every computed value (e.g. to record the cropped shapes)."""
         if tuple(x.shape[-2:]) != (plan.input_box.h, plan.input_box.w):
             raise ValueError(f"input crop is {tuple(x.shape[-2:])}, the plan needs "
                              f"{(plan.input_box.h, plan.input_box.w)} for {plan.input_box}")
         env: dict[torch.fx.Node, object] = {}
 
         def cropped(node: torch.fx.Node, box: Box) -> object:
-            if node not in plan.sizes:
-                return env[node]
+            if node not in plan.sizes or box == plan.boxes[node]:
+                return env[node]  # no Slice op, so exported graphs keep conv-BN-activation fusable
             rows, cols = box.relative_to(plan.boxes[node])
             return env[node][..., rows, cols]
 
@@ -298,6 +301,8 @@ class ReceptiveFieldTracer:
                 args = torch.fx.node.map_arg(node.args, region)
                 kwargs = torch.fx.node.map_arg(node.kwargs, region)
                 env[node] = self._call(node, args, kwargs)
+            if observe is not None and node in env:
+                observe(node, env[node])
         raise TracingError("graph has no output node")
 
     def _outputs(self) -> tuple[torch.fx.Node, ...]:
@@ -309,12 +314,16 @@ class ReceptiveFieldTracer:
         span = window.input_span(plan.boxes[node])
         h, w = plan.sizes[src]
         inside = span.clip(h, w)
-        rows, cols = inside.relative_to(plan.boxes[src])
-        x = env[src][..., rows, cols]
-        pads = (inside.x0 - span.x0, span.x1 - inside.x1, inside.y0 - span.y0, span.y1 - inside.y1)
-        if any(pads):  # only where the region crosses the true border of the map
-            x = F.pad(x, pads, value=window.pad_value)
-        return window.apply(x)
+        x = env[src]
+        if inside != plan.boxes[src]:
+            rows, cols = inside.relative_to(plan.boxes[src])
+            x = x[..., rows, cols]
+        # padding only where the region crosses the true border of the map; when it is symmetric
+        # the op pads itself (no extra copy), otherwise pad explicitly
+        left, right, top, bottom = inside.x0 - span.x0, span.x1 - inside.x1, inside.y0 - span.y0, span.y1 - inside.y1
+        if left == right and top == bottom:
+            return window.apply(x, (top, left))
+        return window.apply(F.pad(x, (left, right, top, bottom), value=window.pad_value), (0, 0))
 
     def _call(self, node: torch.fx.Node, args: tuple, kwargs: dict) -> object:
         if node.op == "call_module":

@@ -9,9 +9,10 @@ import sys
 import numpy as np
 import torch
 
+from nas.commands.common import add_space_arg, positive_int
 from search_spaces.arch_config import ArchConfig
 from search_spaces.complexity import arch_complexity
-from search_spaces.space import DEFAULT_SPACE, get_space, list_spaces
+from search_spaces.space import get_space, list_spaces
 from search_spaces.student import TraceNetStudent
 from search_spaces.tracing_check import check_tracing
 
@@ -26,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     show = actions.add_parser("show", help="print the choices and the number of architectures",
                               description="Print every choice of a space and how many architectures it holds.")
-    _space_arg(show)
+    add_space_arg(show)
     show.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     show.set_defaults(func=_show)
 
@@ -37,8 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(the same tap, computing only the default output window's receptive field). FLOPs are "
                     "2 x multiply-accumulates (torch.utils.flop_counter).",
         epilog="example: nas space sample --n 3 --seed 0 | jq .flops")
-    _space_arg(sample)
-    sample.add_argument("--n", type=_positive_int, default=5, help="number of architectures (default 5)")
+    add_space_arg(sample)
+    sample.add_argument("--n", type=positive_int, default=5, help="number of architectures (default 5)")
     sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sample.set_defaults(func=_sample)
 
@@ -48,27 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "compare the traced forward pass with the full one inside the output window, and measure "
                     "the deviation of N subnets whose traced stages use squeeze-excitation (it pools over the "
                     "traced region). Exit 0 only if every local case is within --tolerance.")
-    _space_arg(check)
-    check.add_argument("--n", type=_positive_int, default=8, help="subnets per group (default 8)")
+    add_space_arg(check)
+    check.add_argument("--n", type=positive_int, default=8, help="subnets per group (default 8)")
     check.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     check.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference allowed (default 1e-4)")
     check.add_argument("--json", action="store_true", help="print one JSON object (with per-case details)")
     check.set_defaults(func=_check)
-
-
-def _space_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--space", default=DEFAULT_SPACE,
-                        help=f"search space name (default {DEFAULT_SPACE}; choices: {', '.join(list_spaces())})")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _show(args: argparse.Namespace) -> int:

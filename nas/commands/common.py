@@ -1,0 +1,35 @@
+"""Argument helpers shared by the `nas` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from search_spaces.arch_config import ArchConfig
+from search_spaces.space import DEFAULT_SPACE, list_spaces
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_space_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--space", default=DEFAULT_SPACE,
+                        help=f"search space name (default {DEFAULT_SPACE}; choices: {', '.join(list_spaces())})")
+
+
+def read_arch(path: str) -> ArchConfig:
+    """An architecture from a JSON file: a bare ArchConfig or any result file with an 'arch' field."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"{path}: no such architecture file")
+    try:
+        return ArchConfig.from_json(file.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None

@@ -1,0 +1,54 @@
+"""The reference setting a latency is quoted for: a TraceNet student's cost depends on the image
+size, where the tap falls and the output window it computes.
+
+Default: a landscape 4:3 photo resized so its long side is the architecture's resolution (network
+input W = resolution, H = 3/4 of it rounded to a multiple of 32), one tap at the image centre, and
+an output window of half the resolution (the `Segmenter` default). `image_size` fixes the network
+input size instead (e.g. 1024x768) for every architecture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from search_spaces.arch_config import ArchConfig
+from search_spaces.student import DEFAULT_WINDOW_FRACTION, SIZE_MULTIPLE
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """'1024x768' (width x height, multiples of 32) -> (1024, 768)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"image size {text!r} must look like WIDTHxHEIGHT, e.g. 1024x768") from None
+    if w <= 0 or h <= 0 or w % SIZE_MULTIPLE or h % SIZE_MULTIPLE:
+        raise ValueError(f"image size {text!r}: width and height must be positive multiples of {SIZE_MULTIPLE}")
+    return w, h
+
+
+@dataclass(frozen=True)
+class LatencySetting:
+    image_size: tuple[int, int] | None = None  # network input (width, height); None: from the resolution
+    tap: tuple[float, float] = (0.5, 0.5)  # tap position as fractions of (width, height)
+    window: float | None = DEFAULT_WINDOW_FRACTION  # output window side / resolution; None: full frame
+
+    def input_hw(self, arch: ArchConfig) -> tuple[int, int]:
+        if self.image_size is not None:
+            return self.image_size[1], self.image_size[0]
+        r = arch.resolution
+        return max(SIZE_MULTIPLE, round(0.75 * r / SIZE_MULTIPLE) * SIZE_MULTIPLE), r
+
+    def tap_xy(self, arch: ArchConfig) -> tuple[float, float]:
+        h, w = self.input_hw(arch)
+        return self.tap[0] * (w - 1), self.tap[1] * (h - 1)
+
+    def window_px(self, arch: ArchConfig) -> int | None:
+        return None if self.window is None else max(8, round(self.window * arch.resolution))
+
+    def describe(self) -> dict:
+        return {"image_size": "resolution-wide 4:3" if self.image_size is None else
+                f"{self.image_size[0]}x{self.image_size[1]}",
+                "tap": list(self.tap), "window": self.window if self.window is not None else "full"}
+
+
+REFERENCE_SETTING = LatencySetting()

@@ -1,0 +1,229 @@
+"""Device profiling: measure every op configuration of a space at a ladder of shapes into a table.
+
+Enumeration: a covering set of architectures (every width x every (kernel, expand, SE) at every
+block position, every FPN/mask/head combination) is traced full-frame at the space's largest
+resolution; each distinct op configuration is then measured at the square shapes of
+`shape_ladder(largest side it reaches)`. Cropped shapes (from tracing) and other resolutions fall
+between ladder shapes and are priced by the table's area interpolation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from datetime import date
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from nas import __version__
+from nas.backends import get_backend
+from nas.latency_table import Entry, LatencyTable, LatencyTableError, shape_ladder
+from nas.op_keys import OpKey, arch_op_keys
+from search_spaces.arch_config import ArchConfig
+from search_spaces.backbone import ACT_LAYERS, SE_LAYER
+from search_spaces.box import Box
+from search_spaces.head import TapHead, encode_clicks, relative_coords
+from search_spaces.space import get_space
+from search_spaces.student import MASK_STRIDE
+
+SAVE_EVERY_S = 5.0
+_ACTS = {"none": nn.Identity, "relu": nn.ReLU, "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid,
+         **{name.lower(): cls for name, cls in ACT_LAYERS.items()}}
+
+
+# ---------------------------------------------------------------- enumeration
+def covering_archs(space: str) -> list[ArchConfig]:
+    """Architectures in which every per-layer choice appears at every block position at least once."""
+    spec = get_space(space)
+    block_choices = list(itertools.product(spec.kernels, spec.expands, spec.se))
+    head_choices = list(itertools.product(spec.dyn_layers, spec.mask_channels, spec.fpn_channels))
+    n, depth = len(spec.stages), spec.max_depth
+    archs, g = [], 0
+    for width in spec.width_mults:
+        for k, e, se in block_choices + block_choices[: max(0, len(head_choices) - len(block_choices))]:
+            layers, mask, fpn = head_choices[g % len(head_choices)]
+            g += 1
+            archs.append(ArchConfig(space=spec.name, resolution=spec.resolutions[-1], width_mult=width,
+                                    depths=(depth,) * n, kernels=((k,) * depth,) * n, expands=((e,) * depth,) * n,
+                                    se=(se,) * n, fpn_channels=fpn, mask_channels=mask, dyn_layers=layers))
+    return archs
+
+
+def profile_keys(space: str) -> list[OpKey]:
+    """Every op configuration of `space`, each at the square shapes of its ladder."""
+    largest_side: dict[str, tuple[OpKey, int]] = {}
+    r = get_space(space).resolutions[-1]
+    for arch in covering_archs(space):
+        for key in arch_op_keys(arch, (r, r), (r / 2, r / 2), None):
+            side = max(key.out_hw)
+            if key.config not in largest_side or side > largest_side[key.config][1]:
+                largest_side[key.config] = (key, side)
+    keys = []
+    for key, side in largest_side.values():
+        keys += [OpKey(key.kind, key.attrs, (s, s)) for s in shape_ladder(side)]
+    return sorted(keys, key=str)
+
+
+# ---------------------------------------------------------------- one unit as a module
+class _Eltwise(nn.Module):
+    def __init__(self, fn: str):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a + b if self.fn == "add" else a * b
+
+
+class _Upsample(nn.Module):
+    """Nearest upsampling cut to the output size, as the cropped forward does."""
+
+    def __init__(self, scale: int, h: int, w: int):
+        super().__init__()
+        self.scale, self.h, self.w = scale, h, w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, scale_factor=float(self.scale), mode="nearest")[..., : self.h, : self.w]
+
+
+class _Clicks(nn.Module):
+    """Click maps over a region, concatenated to the image crop (the student's input stage)."""
+
+    def __init__(self, h: int, w: int):
+        super().__init__()
+        self.h, self.w = h, w
+
+    def forward(self, image: torch.Tensor, clicks: torch.Tensor) -> torch.Tensor:
+        return torch.cat([image, encode_clicks(clicks, Box(0, self.h, 0, self.w))], dim=1)
+
+
+class _Head(nn.Module):
+    """Relative coordinates + the tap-conditioned head over a window of cells."""
+
+    def __init__(self, f: int, cm: int, layers: int, hidden: int, h: int, w: int):
+        super().__init__()
+        self.head = TapHead(f, cm, layers, hidden)
+        self.h, self.w = h, w
+
+    def forward(self, mask_features: torch.Tensor, tap_feature: torch.Tensor, tap: torch.Tensor) -> torch.Tensor:
+        coords = relative_coords(tap, Box(0, self.h, 0, self.w), MASK_STRIDE)
+        return self.head(mask_features, tap_feature, coords)[0]
+
+
+def op_module(key: OpKey) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """A module that runs exactly the unit `key`, with example inputs of the right shape."""
+    a, (h, w) = dict(key.attrs), key.out_hw
+    if key.kind == "conv":
+        k, s, d = int(a["k"]), int(a["s"]), int(a["d"])
+        cin, cout = int(a["cin"]), int(a["cout"])
+        groups = cin if a["g"] == "dw" else int(a["g"])
+        span = d * (k - 1) + 1  # the cropped forward runs convs unpadded on a padded crop
+        module = nn.Sequential(nn.Conv2d(cin, cout, k, s, 0, d, groups, bias=True), _ACTS[str(a["act"])]())
+        return module, (torch.randn(1, cin, (h - 1) * s + span, (w - 1) * s + span),)
+    if key.kind in ("maxpool2d", "avgpool2d"):
+        k, s = int(a["k"]), int(a["s"])
+        pool = nn.MaxPool2d(k, s) if key.kind == "maxpool2d" else nn.AvgPool2d(k, s)
+        return nn.Sequential(pool, _ACTS[str(a["act"])]()), (torch.randn(1, int(a["c"]), (h - 1) * s + k,
+                                                                          (w - 1) * s + k),)
+    if key.kind == "se":
+        c, rd = int(a["c"]), int(a["rd"])
+        return SE_LAYER(c, rd_channels=rd), (torch.randn(1, c, h, w),)
+    if key.kind == "eltwise":
+        c = int(a["c"])
+        return _Eltwise(str(a["fn"])), (torch.randn(1, c, h, w), torch.randn(1, c, h, w))
+    if key.kind == "upsample":
+        s = int(a["scale"])
+        return _Upsample(s, h, w), (torch.randn(1, int(a["c"]), math.ceil(h / s), math.ceil(w / s)),)
+    if key.kind == "clicks":
+        clicks = torch.tensor([[[w / 2, h / 2, 1.0], [w / 4, h / 4, 0.0]]])
+        return _Clicks(h, w), (torch.randn(1, int(a["c"]) - 2, h, w), clicks)
+    if key.kind == "tap_head":
+        f, cm = int(a["f"]), int(a["cm"])
+        module = _Head(f, cm, int(a["layers"]), int(a["hidden"]), h, w)
+        return module, (torch.randn(1, cm, h, w), torch.randn(1, f), torch.tensor([[w * 4.0, h * 4.0]]))
+    if key.kind in ("act", "bn"):
+        c = int(a["c"])
+        layer = nn.BatchNorm2d(c).eval() if key.kind == "bn" else _ACTS[str(a["fn"])]()
+        return layer, (torch.randn(1, c, h, w),)
+    raise ValueError(f"no module builder for op kind '{key.kind}' ({key})")
+
+
+# ---------------------------------------------------------------- timing
+def measure(run: Callable[[], object], warmup: int = 5, min_runs: int = 10, max_runs: int = 200,
+            max_seconds: float = 2.0, rel_tol: float = 0.02) -> Entry:
+    """Time `run` in chunks of 10 until the median moves < `rel_tol` between chunks (or a cap is hit),
+    then drop outliers outside Tukey's fences (1.5 IQR) and summarise in milliseconds."""
+    for _ in range(warmup):
+        run()
+    samples: list[float] = []
+    previous, start = None, time.perf_counter()
+    while len(samples) < max_runs:
+        for _ in range(10):
+            t0 = time.perf_counter()
+            run()
+            samples.append((time.perf_counter() - t0) * 1e3)
+        median = statistics.median(samples)
+        if len(samples) >= min_runs and previous is not None and abs(median - previous) <= rel_tol * previous:
+            break
+        if time.perf_counter() - start > max_seconds:
+            break
+        previous = median
+    q1, _, q3 = statistics.quantiles(samples, n=4)
+    kept = sorted(t for t in samples if q1 - 1.5 * (q3 - q1) <= t <= q3 + 1.5 * (q3 - q1))
+    return Entry(count=len(kept), mean=statistics.fmean(kept), median=statistics.median(kept),
+                 p90=kept[min(len(kept) - 1, math.ceil(0.9 * len(kept)) - 1)],
+                 std=statistics.pstdev(kept))
+
+
+# ---------------------------------------------------------------- profiling a device
+def host_hardware() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads visible)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_metadata(name: str, backend: str, threads: int, runtime_version: str) -> dict:
+    return {"name": name, "hardware": host_hardware(), "os": platform.platform(), "runtime": backend,
+            "runtime_version": runtime_version, "threads": threads, "dtype": "float32",
+            "date": date.today().isoformat(), "tool_version": __version__}
+
+
+def open_table(path: Path, device: dict, space: str | None) -> LatencyTable:
+    """The table at `path` to resume (it must be for the same device, runtime and threads), or a new one."""
+    if not path.exists():
+        return LatencyTable(device=device, provenance="measured", space=space)
+    table = LatencyTable.load(path)
+    for field in ("name", "runtime", "threads"):
+        if table.device.get(field) != device[field]:
+            raise LatencyTableError(f"{path}: exists for {field}={table.device.get(field)!r}, not "
+                                    f"{device[field]!r}; choose another --out to profile a different setup")
+    return table
+
+
+def profile(keys: Iterable[OpKey], out: str | Path, device: str, backend: str, threads: int,
+            space: str | None = None, progress: bool = True, **measure_options: float) -> LatencyTable:
+    """Measure every key missing from the table at `out`, saving as it goes (a rerun resumes)."""
+    runtime = get_backend(backend, threads)
+    out = Path(out)
+    table = open_table(out, device_metadata(device, backend, threads, runtime.runtime_version), space)
+    todo = [k for k in dict.fromkeys(keys) if str(k) not in table.entries]
+    last_save = time.monotonic()
+    for key in tqdm(todo, desc=f"profile {device} ({backend}, {threads}t)", unit="op", disable=not progress):
+        module, inputs = op_module(key)
+        table.add(str(key), measure(runtime.prepare(module, inputs), **measure_options))
+        if time.monotonic() - last_save > SAVE_EVERY_S:
+            table.save(out)
+            last_save = time.monotonic()
+    table.save(out)
+    return table

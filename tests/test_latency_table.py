@@ -1,0 +1,102 @@
+import json
+
+import pytest
+
+from nas.latency_table import (
+    Entry,
+    LatencyTable,
+    LatencyTableError,
+    MissingKeysError,
+    UnknownTargetError,
+    resolve_target,
+    shape_ladder,
+)
+from nas.op_keys import OpKey
+
+CONV = "conv[act=relu,cin=8,cout=8,d=1,g=1,k=1,s=1]"
+
+
+def _entry(ms: float) -> Entry:
+    return Entry(count=10, mean=ms, median=ms, p90=ms, std=0.0)
+
+
+def _table() -> LatencyTable:
+    table = LatencyTable(device={"name": "toy", "runtime": "torch", "threads": 1}, provenance="measured")
+    for side, ms in ((4, 1.0), (8, 2.0), (16, 6.0)):
+        table.add(f"{CONV}@{side}x{side}", _entry(ms))
+    table.add("eltwise[c=8,fn=add]@8x8", _entry(0.5))
+    return table
+
+
+def test_round_trip(tmp_path):
+    table = _table()
+    path = table.save(tmp_path / "toy.json")
+    loaded = LatencyTable.load(path)
+    assert loaded.entries == table.entries and loaded.device == table.device
+    assert loaded.provenance == "measured"
+    assert [p.name for p in tmp_path.iterdir()] == ["toy.json"]  # atomic write leaves no temp file
+
+
+def test_predict_is_the_sum_of_entries_with_multiplicity():
+    table = _table()
+    keys = [OpKey.parse(f"{CONV}@8x8"), OpKey.parse(f"{CONV}@16x16"), OpKey.parse(f"{CONV}@8x8"),
+            OpKey.parse("eltwise[c=8,fn=add]@8x8")]
+    prediction = table.predict(keys)
+    assert prediction.total_ms == pytest.approx(2.0 + 6.0 + 2.0 + 0.5)
+    assert prediction.interpolated == prediction.extrapolated == 0
+
+
+def test_shapes_between_ladder_points_interpolate_in_area():
+    table = _table()
+    # 12x12 = 144 lies between 8x8 (64, 2 ms) and 16x16 (256, 6 ms)
+    ms, how = table.latency(OpKey.parse(f"{CONV}@12x12"))
+    assert how == "interpolated" and ms == pytest.approx(2.0 + 4.0 * (144 - 64) / (256 - 64))
+    ms, how = table.latency(OpKey.parse(f"{CONV}@32x32"))  # beyond the ladder: proportional to area
+    assert how == "extrapolated" and ms == pytest.approx(6.0 * 4)
+
+
+def test_missing_configurations_are_named():
+    table = _table()
+    missing = "conv[act=relu,cin=8,cout=16,d=1,g=1,k=1,s=1]@8x8"
+    with pytest.raises(MissingKeysError) as err:
+        table.predict([OpKey.parse(f"{CONV}@8x8"), OpKey.parse(missing)])
+    assert err.value.missing == [missing] and missing in str(err.value)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d.update(schema="other"), "not a latency table"),
+    (lambda d: d.update(version=99), "version 99 is not supported"),
+    (lambda d: d.update(provenance="guessed"), "provenance 'guessed'"),
+    (lambda d: d.update(provenance="calibrated"), "calibration error"),
+    (lambda d: d["entries"].update({"conv@bad": d["entries"][f"{CONV}@8x8"]}), "malformed op key"),
+    (lambda d: d["entries"][f"{CONV}@8x8"].pop("p90"), "exactly the fields"),
+    (lambda d: d["entries"][f"{CONV}@8x8"].update(mean=-1), "negative or non-numeric"),
+    (lambda d: d["device"].pop("name"), "'name' is required"),
+])
+def test_corrupt_tables_name_the_file(tmp_path, mutate, message):
+    data = _table().to_json()
+    mutate(data)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(LatencyTableError) as err:
+        LatencyTable.load(path)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_unreadable_and_unknown_targets(tmp_path):
+    path = tmp_path / "trunc.json"
+    path.write_text(json.dumps(_table().to_json())[:50])
+    with pytest.raises(LatencyTableError, match="trunc.json: not a readable JSON"):
+        LatencyTable.load(path)
+    with pytest.raises(LatencyTableError, match="no such latency table"):
+        LatencyTable.load(tmp_path / "none.json")
+    with pytest.raises(UnknownTargetError, match="unknown target 'pixel99'; available:"):
+        resolve_target("pixel99")
+    assert resolve_target(str(_table().save(tmp_path / "toy.json"))).name == "toy"
+
+
+def test_shape_ladder_steps_by_sqrt2_in_side():
+    assert shape_ladder(16) == [1, 2, 3, 4, 6, 8, 11, 16]
+    assert shape_ladder(12) == [1, 2, 3, 4, 6, 8, 11, 12]
+    ladder = shape_ladder(512)
+    assert ladder[-1] == 512 and all(b / a <= 2.0 for a, b in zip(ladder, ladder[1:], strict=False))

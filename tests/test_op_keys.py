@@ -1,0 +1,77 @@
+import pytest
+import torch
+from torch import nn
+
+from nas.op_keys import OpKey, OpKeyError, arch_op_keys, trunk_op_keys
+from search_spaces import ArchConfig, Box, ReceptiveFieldTracer
+
+TINY = "tracenet_tiny"
+
+
+def test_key_canonical_round_trip_and_errors():
+    key = OpKey.make("conv", (12, 16), k=3, s=2, cin=8, cout=16, g="dw", act="relu", d=1)
+    text = str(key)
+    assert text == "conv[act=relu,cin=8,cout=16,d=1,g=dw,k=3,s=2]@12x16"
+    assert OpKey.parse(text) == key and key.config == text.split("@")[0]
+    # the order of the keyword arguments does not matter
+    assert OpKey.make("conv", (12, 16), d=1, act="relu", g="dw", cout=16, cin=8, s=2, k=3) == key
+    for bad in ("conv@3x3", "conv[k=3]@3", "conv[k]@3x3", "conv[s=1,k=3]@3x3"):
+        with pytest.raises(OpKeyError):
+            OpKey.parse(bad)
+
+
+def _meta(module: nn.Module) -> nn.Module:
+    return module.to_empty(device="meta")
+
+
+def test_conv_bn_activation_fuse_into_one_unit():
+    net = _meta(nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.Hardswish(),
+                              nn.Conv2d(8, 8, 3, 1, 1, groups=8), nn.BatchNorm2d(8),  # BN only: act none
+                              nn.ReLU(), nn.Identity()))
+    tracer = ReceptiveFieldTracer(net)
+    keys = trunk_op_keys(tracer, tracer.plan((32, 32), [Box.full(16, 16)]), 3)
+    assert [str(k) for k in keys] == [
+        "conv[act=hardswish,cin=3,cout=8,d=1,g=1,k=3,s=2]@16x16",
+        "conv[act=relu,cin=8,cout=8,d=1,g=dw,k=3,s=1]@16x16",
+    ]
+
+
+def test_a_conv_feeding_two_consumers_is_not_fused():
+    class Branch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+            self.act = nn.ReLU()
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.act(y) + y
+
+    tracer = ReceptiveFieldTracer(_meta(Branch()))
+    kinds = [k.kind for k in trunk_op_keys(tracer, tracer.plan((8, 8), [Box.full(8, 8)]), 3)]
+    assert kinds == ["conv", "act", "eltwise"]
+
+
+def test_keys_follow_the_traced_shapes():
+    arch = ArchConfig.sample(0, TINY, se=False)
+    full = arch_op_keys(arch, (256, 256), (20.0, 20.0), None)
+    traced = arch_op_keys(arch, (256, 256), (20.0, 20.0), 16)
+    assert [k.config for k in full] == [k.config for k in traced]  # same units, smaller shapes
+    assert all(t.out_hw[0] * t.out_hw[1] <= f.out_hw[0] * f.out_hw[1] for f, t in zip(full, traced, strict=True))
+    assert sum(t.out_hw[0] * t.out_hw[1] for t in traced) < sum(f.out_hw[0] * f.out_hw[1] for f in full)
+    assert full[0].kind == "clicks" and full[-1].kind == "tap_head" and traced[-1].out_hw == (2, 2)
+    assert full[1] == OpKey.make("conv", (128, 128), act="hardswish", cin=5, cout=8, d=1, g=1, k=3, s=2)
+
+
+def test_keys_need_a_meta_module():
+    tracer = ReceptiveFieldTracer(nn.Sequential(nn.Conv2d(3, 3, 1)))
+    with pytest.raises(ValueError, match="meta"):
+        trunk_op_keys(tracer, tracer.plan((4, 4), [Box.full(4, 4)]), 3)
+
+
+def test_se_units_only_where_the_arch_has_se():
+    arch = ArchConfig.sample(1, TINY)
+    keys = arch_op_keys(arch, (128, 128), (64.0, 64.0), None)
+    se_blocks = sum(d for d, se in zip(arch.depths, arch.se, strict=True) if se)
+    assert sum(k.kind == "se" for k in keys) == se_blocks
+    assert torch.Size  # keys are computed on meta tensors: nothing to allocate

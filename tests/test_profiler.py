@@ -1,0 +1,150 @@
+import itertools
+import json
+
+import pytest
+import torch
+
+import nas.profiler as profiler
+from nas.cli import main
+from nas.latency_table import LatencyTable, LatencyTableError
+from nas.op_keys import OpKey
+from nas.profiler import covering_archs, measure, op_module, profile, profile_keys
+from search_spaces import get_space
+
+TINY = "tracenet_tiny"
+
+
+@pytest.fixture(scope="module")
+def tiny_keys():
+    return profile_keys(TINY)
+
+
+def test_covering_archs_contain_every_per_layer_choice():
+    spec = get_space(TINY)
+    archs = covering_archs(TINY)
+    for width in spec.width_mults:
+        seen = {(a.kernels[0][0], a.expands[0][0], a.se[0]) for a in archs if a.width_mult == width}
+        assert seen == set(itertools.product(spec.kernels, spec.expands, spec.se))
+    heads = {(a.dyn_layers, a.mask_channels, a.fpn_channels) for a in archs}
+    assert heads == set(itertools.product(spec.dyn_layers, spec.mask_channels, spec.fpn_channels))
+    assert all(d == spec.max_depth for a in archs for d in a.depths)
+
+
+def test_profile_keys_cover_every_configuration_at_ladder_shapes(tiny_keys):
+    configs = {k.config for k in tiny_keys}
+    arch = covering_archs(TINY)[5]
+    from nas.op_keys import arch_op_keys
+
+    assert {k.config for k in arch_op_keys(arch, (96, 128), (10.0, 10.0), 32)} <= configs
+    assert all(k.out_hw[0] == k.out_hw[1] for k in tiny_keys)  # squares of the ladder
+    assert len(tiny_keys) == len(set(tiny_keys))
+
+
+def test_op_modules_produce_the_key_shape(tiny_keys):
+    by_kind = {}
+    for key in tiny_keys:
+        by_kind.setdefault(key.kind, key)
+    by_kind["act"] = OpKey.parse("act[c=4,fn=relu]@5x5")
+    by_kind["bn"] = OpKey.parse("bn[c=4,fn=bn]@5x5")
+    for key in list(by_kind.values()) + [k for k in tiny_keys if k.kind == "conv" and "s=2" in k.config][:3]:
+        module, inputs = op_module(key)
+        with torch.no_grad():
+            out = module.eval()(*inputs)
+        assert tuple(out.shape[-2:]) == key.out_hw, key
+    with pytest.raises(ValueError, match="no module builder"):
+        op_module(OpKey.parse("softmax[c=4]@2x2"))
+
+
+def test_measure_rejects_outliers(monkeypatch):
+    clock = itertools.count()
+    durations = itertools.cycle([1e-3] * 9 + [1e-1])  # every 10th run is a 100 ms hiccup
+    now = [0.0]
+
+    def fake_counter():
+        next(clock)
+        return now[0]
+
+    def run():
+        now[0] += next(durations)
+
+    monkeypatch.setattr(profiler.time, "perf_counter", fake_counter)
+    entry = measure(run, warmup=0, max_runs=40)
+    assert entry.median == pytest.approx(1.0) and entry.mean == pytest.approx(1.0)
+    assert entry.count < 40 and entry.std == pytest.approx(0.0)
+
+
+RUNTIME_MODULE = {"torch": "torch", "onnxruntime": "onnxruntime", "executorch-xnnpack": "executorch"}
+
+
+@pytest.mark.parametrize("backend", list(RUNTIME_MODULE))
+def test_profile_end_to_end_and_resume(tmp_path, tiny_keys, backend, monkeypatch):
+    pytest.importorskip(RUNTIME_MODULE[backend], reason="install the [mobile] extra")
+    keys = [k for k in tiny_keys if k.kind in ("conv", "eltwise")][:: max(1, len(tiny_keys) // 4)][:3]
+    out = tmp_path / "host.json"
+    table = profile(keys[:2], out, "host", backend, 1, TINY, progress=False, max_seconds=0.05)
+    assert set(table.entries) == {str(k) for k in keys[:2]}
+    assert all(e.count > 0 and e.median > 0 for e in table.entries.values())
+    calls = []
+    real_measure = profiler.measure
+    monkeypatch.setattr(profiler, "measure", lambda run, **kw: calls.append(1) or real_measure(run, **kw))
+    table = profile(keys, out, "host", backend, 1, TINY, progress=False, max_seconds=0.05)
+    assert len(calls) == 1 and len(table.entries) == 3  # resumed: only the new key was measured
+    loaded = LatencyTable.load(out)
+    assert loaded.device["runtime"] == backend and loaded.device["threads"] == 1 and loaded.space == TINY
+    with pytest.raises(LatencyTableError, match="choose another --out"):
+        profile(keys, out, "host", backend, 2, TINY, progress=False)
+
+
+def test_cli_profile_predict_and_errors(tmp_path, capsys):
+    out = tmp_path / "t.json"
+    assert main(["profile", "--device", "host", "--backend", "torch", "--space", TINY, "--out", str(out),
+                 "--limit", "4", "--max-seconds", "0.05"]) == 0
+    capsys.readouterr()
+    arch_file = tmp_path / "arch.json"
+    main(["space", "sample", "--n", "1", "--space", TINY])
+    arch_file.write_text(capsys.readouterr().out.splitlines()[0])
+    code = main(["latency", "predict", "--target", str(out), "--arch", str(arch_file)])
+    err = capsys.readouterr().err
+    assert code == 2 and "has no entry for" in err and len(err.strip().splitlines()) == 1
+    assert main(["latency", "predict", "--target", "nope", "--arch", str(arch_file)]) == 2
+    assert "unknown target 'nope'" in capsys.readouterr().err
+    assert main(["latency", "predict", "--target", str(out), "--arch", str(tmp_path / "none.json")]) == 2
+    assert "no such architecture file" in capsys.readouterr().err
+    assert main(["latency", "tables"]) == 0
+
+
+def test_cli_predict_on_a_complete_table(tmp_path, capsys, tiny_keys):
+    table = LatencyTable(device={"name": "unit", "runtime": "torch", "threads": 1}, provenance="measured")
+    from nas.latency_table import Entry
+
+    for key in tiny_keys:  # 1 ms per output pixel: predictions are then exact area sums
+        area = key.out_hw[0] * key.out_hw[1]
+        table.add(str(key), Entry(count=1, mean=area * 1e-3, median=area * 1e-3, p90=area * 1e-3, std=0.0))
+    path = table.save(tmp_path / "unit.json")
+    arch_file = tmp_path / "arch.json"
+    main(["space", "sample", "--n", "1", "--seed", "4", "--space", TINY])
+    arch_file.write_text(capsys.readouterr().out.splitlines()[0])
+    assert main(["latency", "predict", "--target", str(path), "--arch", str(arch_file), "--json",
+                 "--full-frame"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    from nas.op_keys import arch_op_keys
+    from search_spaces import ArchConfig
+
+    arch = ArchConfig.from_json(arch_file.read_text())
+    keys = arch_op_keys(arch, tuple(report["latency_setting"]["input_hw"]),
+                        ((arch.resolution - 1) / 2, (report["latency_setting"]["input_hw"][0] - 1) / 2), None)
+    expected = sum(k.out_hw[0] * k.out_hw[1] for k in keys) * 1e-3
+    assert report["latency_ms"] == pytest.approx(expected, rel=1e-6)
+    assert report["keys"] == len(keys) and sum(report["per_kind_ms"].values()) == pytest.approx(expected)
+
+
+def test_several_devices_profile_in_parallel_through_ray(tmp_path, capsys):
+    pytest.importorskip("ray")
+    code = main(["profile", "--device", "dev-a,dev-b", "--backend", "torch", "--space", TINY,
+                 "--out", str(tmp_path), "--limit", "2", "--max-seconds", "0.05"])
+    assert code == 0
+    for name in ("dev-a", "dev-b"):
+        table = LatencyTable.load(tmp_path / f"{name}.json")
+        assert table.name == name and len(table.entries) == 2
+    assert main(["profile", "--device", "a,b", "--backend", "torch", "--out", str(tmp_path / "x.json")]) == 2
+    assert "must be a directory" in capsys.readouterr().err
