@@ -76,6 +76,7 @@ class LatencyTable:
     entries: dict[str, Entry] = field(default_factory=dict)
     calibration: dict | None = None
     space: str | None = None  # the search space it was profiled for, if any
+    overhead_ms: float = 0.0  # fixed cost per inference, added once to every prediction
     notes: str = ""
 
     def __post_init__(self) -> None:
@@ -88,7 +89,8 @@ class LatencyTable:
     # ---------------------------------------------------------------- file format
     def to_json(self) -> dict:
         return {"schema": SCHEMA, "version": VERSION, "device": self.device, "provenance": self.provenance,
-                "calibration": self.calibration, "space": self.space, "notes": self.notes,
+                "calibration": self.calibration, "space": self.space, "overhead_ms": self.overhead_ms,
+                "notes": self.notes,
                 "entries": {k: asdict(v) for k, v in sorted(self.entries.items())}}
 
     def save(self, path: str | Path) -> Path:
@@ -138,8 +140,11 @@ class LatencyTable:
                        for f in STAT_FIELDS):
                 raise fail(f"entry {key!r} has a negative or non-numeric statistic")
             entries[key] = Entry(**stats)
+        overhead = data.get("overhead_ms", 0.0)
+        if not isinstance(overhead, (int, float)) or not math.isfinite(overhead) or overhead < 0:
+            raise fail(f"overhead_ms must be a non-negative number, got {overhead!r}")
         return cls(device=device, provenance=provenance, entries=entries, calibration=calibration,
-                   space=data.get("space"), notes=str(data.get("notes", "")))
+                   space=data.get("space"), overhead_ms=float(overhead), notes=str(data.get("notes", "")))
 
     # ---------------------------------------------------------------- prediction
     def add(self, key: str, entry: Entry) -> None:
@@ -179,14 +184,14 @@ class LatencyTable:
         return self.entries[k].mean * area / a, "extrapolated"
 
     def predict(self, keys: Iterable[OpKey]) -> Prediction:
-        """Sum of the latencies of `keys` (with multiplicity); raises MissingKeysError naming every gap."""
+        """Overhead + sum of the latencies of `keys` (with multiplicity); MissingKeysError names every gap."""
         keys = list(keys)
         missing = self.missing(keys)
         if missing:
             raise MissingKeysError(self.name, missing)
         per_key: dict[str, float] = {}
         kinds: Counter = Counter()
-        total = 0.0
+        total = self.overhead_ms
         for key in keys:
             ms, how = self.latency(key)
             per_key[str(key)] = per_key.get(str(key), 0.0) + ms

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from nas.backends import BACKENDS
 from nas.commands.common import positive_int, read_arch
+from nas.latency_calibrate import calibrate_archs, read_measurements, write_measurements
 from nas.latency_import import FORMATS, check_ofa_net, import_tables
 from nas.latency_predict import predict_latency
 from nas.latency_setting import LatencySetting, parse_image_size
 from nas.latency_table import LatencyTable, available_targets, resolve_target
 from nas.latency_validate import validate
+from search_spaces.arch_config import ArchConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -76,7 +79,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     validate.add_argument("--seed", type=int, default=0)
     validate.add_argument("--space", help="space to sample (default: the table's)")
     validate.add_argument("--json", action="store_true", help="print one JSON object with per-arch cases")
+    validate.add_argument("--measurements-out", metavar="CSV",
+                          help="also write the end-to-end measurements (arch, latency_ms) for 'nas latency calibrate'")
     validate.set_defaults(func=_validate)
+
+    cal = actions.add_parser(
+        "calibrate", help="fit a base table to a device from a few end-to-end measurements",
+        description="For a device you cannot profile op by op: fit latency = overhead + sum over op classes "
+                    "(conv_1x1, conv_dw, conv_kxk, se, eltwise, upsample, clicks, tap_head) of scale x base-table "
+                    "latency, by non-negative least squares with a weak prior of scale 1, to end-to-end latencies "
+                    "of a handful of architectures. Prints the leave-one-out error and writes the base table "
+                    "rescaled per class, with provenance 'calibrated' and that error in its metadata.",
+        epilog="CSV columns: arch (ArchConfig JSON or a path to one), latency_ms. 'nas latency validate "
+               "--measurements-out' writes such a file for this machine.")
+    cal.add_argument("--base", required=True, help="base table (name or .json)")
+    cal.add_argument("--measurements", required=True, metavar="CSV")
+    cal.add_argument("--out", required=True, help="calibrated table .json to write")
+    cal.add_argument("--device", help="device name of the calibrated table (default: the output file's stem)")
+    cal.add_argument("--json", action="store_true", help="print one JSON object")
+    cal.set_defaults(func=_calibrate)
 
 
 def _tables(args: argparse.Namespace) -> int:
@@ -118,6 +139,9 @@ def _predict(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     table = resolve_target(args.target)
     report = validate(table, args.backend, args.threads, args.n, args.seed, args.space, progress=not args.json)
+    if args.measurements_out:
+        write_measurements(args.measurements_out, [ArchConfig.from_dict(c["arch"]) for c in report["cases"]],
+                           [c["measured_ms"] for c in report["cases"]])
     if args.json:
         print(json.dumps(report))
     else:
@@ -148,4 +172,24 @@ def _import(args: argparse.Namespace) -> int:
         print(f"  {check['net']}: cannot price: {reason}{len(check['missing_keys'])} missing key(s):")
         for key in check["missing_keys"]:
             print(f"    {key}")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    base = resolve_target(args.base)
+    archs, measured = read_measurements(args.measurements)
+    calibration = calibrate_archs(base, archs, measured)
+    name = args.device or Path(args.out).stem
+    table = calibration.apply(base, base.device | {"name": name, "runtime": f"calibrated from {base.name}"})
+    table.save(args.out)
+    loo = calibration.loo
+    if args.json:
+        print(json.dumps({"out": args.out, "scales": calibration.scales, "overhead_ms": calibration.overhead_ms,
+                          "loo": loo}))
+        return 0
+    print(f"{args.out}: {name} calibrated on {base.name} from {loo['n']} measurements")
+    print(f"  leave-one-out: mape {loo['mape']:.1%}, within_10pct {loo['within_10pct']:.2f}, "
+          f"spearman {loo['spearman']:.3f}")
+    print("  scales: " + ", ".join(f"{c}={s:.3g}" for c, s in calibration.scales.items())
+          + f"; overhead {calibration.overhead_ms:.3f} ms")
     return 0

@@ -1,0 +1,140 @@
+"""Calibrate a base table to a device from a handful of end-to-end measurements (HELP-style few-shot
+adaptation, with a per-op-class linear model instead of a meta-learned one).
+
+Model: latency(arch) = overhead + sum over op classes c of scale_c * (base-table latency of the
+arch's ops in class c). Scales and overhead are fitted by non-negative least squares with a weak
+prior pulling every scale towards 1 (so a class the measurements barely exercise keeps the base
+table's value). The calibrated table is the base table with every entry multiplied by its class
+scale, plus the overhead, with provenance 'calibrated' and its leave-one-out error.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import nnls
+
+from nas.latency_setting import REFERENCE_SETTING, LatencySetting
+from nas.latency_table import Entry, LatencyTable
+from nas.latency_validate import accuracy
+from nas.op_keys import OpKey
+from search_spaces.arch_config import ArchConfig
+
+PRIOR_WEIGHT = 1e-4  # relative weight of the scale -> 1 prior (only decides directions the data leave open)
+
+
+class CalibrationError(ValueError):
+    """Unusable measurements (too few, malformed CSV, non-positive latencies)."""
+
+
+def op_class(key: OpKey) -> str:
+    """Coarse op class whose latency ratio between two devices is assumed constant."""
+    if key.kind != "conv":
+        return key.kind
+    a = dict(key.attrs)
+    if a["g"] == "dw":
+        return "conv_dw"
+    return "conv_1x1" if a["k"] == 1 else "conv_kxk"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    scales: dict[str, float]
+    overhead_ms: float
+    loo: dict  # within_10pct, mape, spearman of leave-one-out predictions
+
+    def apply(self, base: LatencyTable, device: dict) -> LatencyTable:
+        table = LatencyTable(device=device, provenance="calibrated", space=base.space,
+                             overhead_ms=base.overhead_ms + self.overhead_ms,
+                             calibration={"base": base.name, "base_provenance": base.provenance,
+                                          "method": "per-op-class NNLS scales + overhead",
+                                          "scales": self.scales, "overhead_ms": self.overhead_ms,
+                                          "loo_mape": self.loo["mape"], "loo_within_10pct": self.loo["within_10pct"],
+                                          "loo_spearman": self.loo["spearman"], "n": self.loo["n"]},
+                             notes=f"calibrated from {self.loo['n']} end-to-end measurements on top of {base.name}")
+        for key, entry in base.entries.items():
+            s = self.scales.get(op_class(OpKey.parse(key)), 1.0)
+            table.add(key, Entry(count=entry.count, mean=entry.mean * s, median=entry.median * s,
+                                 p90=entry.p90 * s, std=entry.std * s))
+        return table
+
+
+def class_features(base: LatencyTable, key_lists: Sequence[Sequence[OpKey]], classes: list[str]) -> np.ndarray:
+    """(n_archs, n_classes) base-table latency per class of each architecture."""
+    features = np.zeros((len(key_lists), len(classes)))
+    for i, keys in enumerate(key_lists):
+        for key in keys:
+            features[i, classes.index(op_class(key))] += base.latency(key)[0]
+    return features
+
+
+def _fit(features: np.ndarray, measured: np.ndarray) -> tuple[np.ndarray, float]:
+    n, k = features.shape
+    prior = np.sqrt(PRIOR_WEIGHT * n) * np.mean(features, axis=0).clip(min=1e-9)
+    design = np.vstack([np.hstack([features, np.ones((n, 1))]), np.hstack([np.diag(prior), np.zeros((k, 1))])])
+    target = np.concatenate([measured, prior])
+    solution, _ = nnls(design, target)
+    return solution[:k], float(solution[k])
+
+
+def calibrate(base: LatencyTable, key_lists: Sequence[Sequence[OpKey]], measured_ms: Sequence[float]) -> Calibration:
+    """Fit class scales and overhead to end-to-end latencies; leave-one-out error over the same points."""
+    measured = np.asarray(measured_ms, dtype=float)
+    if len(measured) < 3:
+        raise CalibrationError(f"need at least 3 end-to-end measurements, got {len(measured)}")
+    if np.any(measured <= 0) or not np.all(np.isfinite(measured)):
+        raise CalibrationError("measured latencies must be positive numbers")
+    base_missing = sorted({m for keys in key_lists for m in base.missing(keys)})
+    if base_missing:
+        raise CalibrationError(f"the base table '{base.name}' lacks {len(base_missing)} op configuration(s), "
+                               f"e.g. {base_missing[0]}")
+    classes = sorted({op_class(k) for keys in key_lists for k in keys})
+    features = class_features(base, key_lists, classes)
+    loo = []
+    for i in range(len(measured)):
+        keep = np.arange(len(measured)) != i
+        scales, overhead = _fit(features[keep], measured[keep])
+        loo.append(float(features[i] @ scales + overhead))
+    scales, overhead = _fit(features, measured)
+    return Calibration(dict(zip(classes, map(float, scales), strict=True)), overhead,
+                       accuracy(loo, list(measured)) | {"n": len(measured)})
+
+
+def read_measurements(path: str | Path) -> tuple[list[ArchConfig], list[float]]:
+    """CSV with columns `arch` (an ArchConfig JSON, or a path to one) and `latency_ms`."""
+    path = Path(path)
+    try:
+        rows = list(csv.DictReader(path.read_text().splitlines()))
+    except OSError as err:
+        raise CalibrationError(f"{path}: cannot read ({err.strerror})") from None
+    if not rows or not {"arch", "latency_ms"} <= set(rows[0]):
+        raise CalibrationError(f"{path}: needs a header with columns 'arch' and 'latency_ms'")
+    archs, latencies = [], []
+    for line, row in enumerate(rows, start=2):
+        text = row["arch"].strip()
+        try:
+            archs.append(ArchConfig.from_json(text if text.startswith("{") else (path.parent / text).read_text()))
+            latencies.append(float(row["latency_ms"]))
+        except (OSError, ValueError) as err:
+            raise CalibrationError(f"{path}:{line}: {err}") from None
+    return archs, latencies
+
+
+def write_measurements(path: str | Path, archs: Sequence[ArchConfig], latencies: Sequence[float]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["arch", "latency_ms"])
+        for arch, ms in zip(archs, latencies, strict=True):
+            writer.writerow([json.dumps(arch.to_dict()), f"{ms:.6f}"])
+
+
+def calibrate_archs(base: LatencyTable, archs: Sequence[ArchConfig], measured_ms: Sequence[float],
+                    setting: LatencySetting = REFERENCE_SETTING) -> Calibration:
+    from nas.latency_predict import setting_op_keys
+
+    return calibrate(base, [setting_op_keys(a, setting) for a in archs], measured_ms)

@@ -1,0 +1,86 @@
+import json
+
+import numpy as np
+import pytest
+
+from nas.cli import main
+from nas.latency_calibrate import CalibrationError, calibrate, calibrate_archs, op_class, write_measurements
+from nas.latency_predict import predict_latency, setting_op_keys
+from nas.latency_setting import REFERENCE_SETTING
+from nas.latency_table import Entry, LatencyTable
+from nas.profiler import profile_keys
+from search_spaces import ArchConfig
+
+TINY = "tracenet_tiny"
+TRUE_SCALES = {"conv_1x1": 0.5, "conv_dw": 2.0, "conv_kxk": 1.5, "se": 3.0, "eltwise": 1.0, "upsample": 1.0,
+               "clicks": 0.8, "tap_head": 1.2}
+TRUE_OVERHEAD = 0.3
+
+
+@pytest.fixture(scope="module")
+def base():
+    """A synthetic 'host' table with independent random latencies per key (so class totals are not collinear)."""
+    rng = np.random.default_rng(0)
+    table = LatencyTable(device={"name": "host", "runtime": "torch", "threads": 1}, provenance="measured",
+                         space=TINY)
+    for key in profile_keys(TINY):
+        ms = float(rng.lognormal(-3, 1)) * key.out_hw[0] * key.out_hw[1] / 64
+        table.add(str(key), Entry(count=10, mean=ms, median=ms, p90=ms, std=0.0))
+    return table
+
+
+def _device_latency(base, arch):
+    """The 'phone': every class TRUE_SCALES times slower or faster than the host, plus a fixed overhead."""
+    total = TRUE_OVERHEAD
+    for key in setting_op_keys(arch, REFERENCE_SETTING):
+        total += TRUE_SCALES[op_class(key)] * base.latency(key)[0]
+    return total
+
+
+def test_calibration_recovers_a_known_scaling(base):
+    rng = np.random.default_rng(1)
+    archs = [ArchConfig.sample(rng, TINY) for _ in range(24)]
+    measured = [_device_latency(base, a) for a in archs]
+    calibration = calibrate_archs(base, archs, measured)
+    # classes that vary independently across architectures are identified; 'clicks' (one unit per arch,
+    # sized by the resolution only) is nearly collinear with the overhead, so only predictions are checked
+    for cls in ("conv_1x1", "conv_dw", "conv_kxk", "se"):
+        assert calibration.scales[cls] == pytest.approx(TRUE_SCALES[cls], rel=0.05), cls
+    assert calibration.loo["mape"] < 0.01 and calibration.loo["n"] == 24
+    table = calibration.apply(base, {"name": "phone"})
+    assert table.provenance == "calibrated" and table.calibration["loo_mape"] < 0.01
+    unseen = ArchConfig.sample(rng, TINY)
+    assert predict_latency(unseen, table).latency_ms == pytest.approx(_device_latency(base, unseen), rel=0.02)
+
+
+def test_calibration_input_errors(base):
+    keys = [setting_op_keys(ArchConfig.sample(s, TINY), REFERENCE_SETTING) for s in range(3)]
+    with pytest.raises(CalibrationError, match="at least 3"):
+        calibrate(base, keys[:2], [1.0, 2.0])
+    with pytest.raises(CalibrationError, match="positive"):
+        calibrate(base, keys, [1.0, -2.0, 3.0])
+    empty = LatencyTable(device={"name": "empty"}, provenance="measured")
+    with pytest.raises(CalibrationError, match="lacks"):
+        calibrate(empty, keys, [1.0, 2.0, 3.0])
+
+
+def test_cli_calibrate_writes_a_calibrated_table(tmp_path, base, capsys):
+    rng = np.random.default_rng(2)
+    archs = [ArchConfig.sample(rng, TINY) for _ in range(8)]
+    csv_path = tmp_path / "phone.csv"
+    write_measurements(csv_path, archs, [_device_latency(base, a) for a in archs])
+    base_path = base.save(tmp_path / "host.json")
+    out = tmp_path / "phone.json"
+    assert main(["latency", "calibrate", "--base", str(base_path), "--measurements", str(csv_path),
+                 "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["loo"]["mape"] < 0.05
+    table = LatencyTable.load(out)
+    assert table.name == "phone" and table.provenance == "calibrated"
+    assert table.calibration["base"] == "host" and table.overhead_ms > 0
+    bad = tmp_path / "bad.csv"
+    bad.write_text("model,ms\nx,1\n")
+    assert main(["latency", "calibrate", "--base", str(base_path), "--measurements", str(bad),
+                 "--out", str(tmp_path / "x.json")]) == 2
+    assert "columns 'arch' and 'latency_ms'" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
