@@ -2,9 +2,10 @@
 adaptation, with a per-op-class linear model instead of a meta-learned one).
 
 Model: latency(arch) = overhead + sum over op classes c of scale_c * (base-table latency of the
-arch's ops in class c). Scales and overhead are fitted by non-negative least squares with a weak
-prior pulling every scale towards 1 (so a class the measurements barely exercise keeps the base
-table's value). The calibrated table is the base table with every entry multiplied by its class
+arch's ops in class c). Scales and overhead are fitted by non-negative least squares with a prior
+pulling every scale towards 1; op classes are strongly collinear across architectures, so the
+prior's weight is chosen from a grid by leave-one-out error (weak when the data identify the
+scales, strong when they do not). The calibrated table is the base table with every entry multiplied by its class
 scale, plus the overhead, with provenance 'calibrated' and its leave-one-out error.
 """
 
@@ -25,7 +26,7 @@ from nas.latency_validate import accuracy
 from nas.op_keys import OpKey
 from search_spaces.arch_config import ArchConfig
 
-PRIOR_WEIGHT = 1e-4  # relative weight of the scale -> 1 prior (only decides directions the data leave open)
+PRIOR_WEIGHTS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # candidate weights of the scale -> 1 prior
 
 
 class CalibrationError(ValueError):
@@ -47,6 +48,7 @@ class Calibration:
     scales: dict[str, float]
     overhead_ms: float
     loo: dict  # within_10pct, mape, spearman of leave-one-out predictions
+    prior_weight: float
 
     def apply(self, base: LatencyTable, device: dict) -> LatencyTable:
         table = LatencyTable(device=device, provenance="calibrated", space=base.space,
@@ -55,7 +57,8 @@ class Calibration:
                                           "method": "per-op-class NNLS scales + overhead",
                                           "scales": self.scales, "overhead_ms": self.overhead_ms,
                                           "loo_mape": self.loo["mape"], "loo_within_10pct": self.loo["within_10pct"],
-                                          "loo_spearman": self.loo["spearman"], "n": self.loo["n"]},
+                                          "loo_spearman": self.loo["spearman"], "n": self.loo["n"],
+                                          "prior_weight": self.prior_weight},
                              notes=f"calibrated from {self.loo['n']} end-to-end measurements on top of {base.name}")
         for key, entry in base.entries.items():
             s = self.scales.get(op_class(OpKey.parse(key)), 1.0)
@@ -73,9 +76,9 @@ def class_features(base: LatencyTable, key_lists: Sequence[Sequence[OpKey]], cla
     return features
 
 
-def _fit(features: np.ndarray, measured: np.ndarray) -> tuple[np.ndarray, float]:
+def _fit(features: np.ndarray, measured: np.ndarray, weight: float) -> tuple[np.ndarray, float]:
     n, k = features.shape
-    prior = np.sqrt(PRIOR_WEIGHT * n) * np.mean(features, axis=0).clip(min=1e-9)
+    prior = np.sqrt(weight * n) * np.mean(features, axis=0).clip(min=1e-9)
     design = np.vstack([np.hstack([features, np.ones((n, 1))]), np.hstack([np.diag(prior), np.zeros((k, 1))])])
     target = np.concatenate([measured, prior])
     solution, _ = nnls(design, target)
@@ -95,14 +98,20 @@ def calibrate(base: LatencyTable, key_lists: Sequence[Sequence[OpKey]], measured
                                f"e.g. {base_missing[0]}")
     classes = sorted({op_class(k) for keys in key_lists for k in keys})
     features = class_features(base, key_lists, classes)
-    loo = []
-    for i in range(len(measured)):
-        keep = np.arange(len(measured)) != i
-        scales, overhead = _fit(features[keep], measured[keep])
-        loo.append(float(features[i] @ scales + overhead))
-    scales, overhead = _fit(features, measured)
+    best = None
+    for weight in PRIOR_WEIGHTS:
+        loo = []
+        for i in range(len(measured)):
+            keep = np.arange(len(measured)) != i
+            scales, overhead = _fit(features[keep], measured[keep], weight)
+            loo.append(float(features[i] @ scales + overhead))
+        score = accuracy(loo, list(measured))
+        if best is None or score["mape"] < best[1]["mape"]:
+            best = (weight, score)
+    weight, score = best
+    scales, overhead = _fit(features, measured, weight)
     return Calibration(dict(zip(classes, map(float, scales), strict=True)), overhead,
-                       accuracy(loo, list(measured)) | {"n": len(measured)})
+                       score | {"n": len(measured)}, weight)
 
 
 def read_measurements(path: str | Path) -> tuple[list[ArchConfig], list[float]]:

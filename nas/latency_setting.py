@@ -32,6 +32,12 @@ class LatencySetting:
     tap: tuple[float, float] = (0.5, 0.5)  # tap position as fractions of (width, height)
     window: float | None = DEFAULT_WINDOW_FRACTION  # output window side / resolution; None: full frame
 
+    def __post_init__(self) -> None:
+        if self.window is not None and not 0 < self.window <= 1:
+            raise ValueError(f"window must be a fraction of the resolution in (0, 1], got {self.window}")
+        if not all(0 <= t <= 1 for t in self.tap):
+            raise ValueError(f"tap must be fractions of (width, height) in [0, 1], got {self.tap}")
+
     def input_hw(self, arch: ArchConfig) -> tuple[int, int]:
         if self.image_size is not None:
             return self.image_size[1], self.image_size[0]

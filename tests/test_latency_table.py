@@ -100,3 +100,16 @@ def test_shape_ladder_steps_by_sqrt2_in_side():
     assert shape_ladder(12) == [1, 2, 3, 4, 6, 8, 11, 12]
     ladder = shape_ladder(512)
     assert ladder[-1] == 512 and all(b / a <= 2.0 for a, b in zip(ladder, ladder[1:], strict=False))
+
+
+def test_latency_setting_validation():
+    from nas.latency_setting import LatencySetting, parse_image_size
+
+    assert parse_image_size("1024x768") == (1024, 768)
+    for bad in ("1024", "1000x768", "axb", "0x32"):
+        with pytest.raises(ValueError, match="image size"):
+            parse_image_size(bad)
+    with pytest.raises(ValueError, match="window"):
+        LatencySetting(window=1.5)
+    with pytest.raises(ValueError, match="tap"):
+        LatencySetting(tap=(1.2, 0.5))

@@ -1,4 +1,4 @@
-"""`nas latency`: list latency tables and predict an architecture's latency on one."""
+"""`nas latency`: list, predict with, validate, import and calibrate latency tables."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from search_spaces.arch_config import ArchConfig
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "latency", help="latency tables: list targets, predict an architecture's latency",
+        "latency", help="latency tables: list, predict, validate, import, calibrate",
         description="Per-device latency lookup tables. A target is a shipped table name (nas latency tables) "
                     "or a path to a table .json written by 'nas profile'.")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=type(parser))
