@@ -19,3 +19,35 @@ def test_top_level_packages_import():
     import search_spaces
 
     assert nas.__version__ and distill.__doc__ and search_spaces.ArchConfig
+
+
+def test_shipped_tables_load_and_resolve_by_name(capsys):
+    from nas.cli import main
+    from nas.latency_table import resolve_target
+
+    shipped = latency_tables.shipped_tables()
+    assert {"x86-2core-ort-1t", "x86-2core-ort-2t"} <= set(shipped)
+    for name in shipped:
+        table = resolve_target(name)
+        assert table.name == name and table.entries
+        assert table.provenance in ("measured", "imported", "calibrated")
+    assert main(["latency", "tables", "--json"]) == 0
+    rows = [__import__("json").loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {r["target"] for r in rows} == set(shipped)
+
+
+def test_shipped_host_tables_cover_the_default_space():
+    """Every op configuration of random tracenet_mbv3 subnets is in the measured tables (no missing keys)."""
+    from nas.latency_predict import predict_latency
+    from nas.latency_setting import LatencySetting
+    from nas.latency_table import resolve_target
+    from search_spaces import ArchConfig
+
+    table = resolve_target("x86-2core-ort-2t")
+    for seed in range(3):
+        arch = ArchConfig.sample(seed, "tracenet_mbv3")
+        traced = predict_latency(arch, table).latency_ms
+        full = predict_latency(arch, table, LatencySetting(window=None)).latency_ms
+        assert 0 < traced <= full * 1.01
+    assert predict_latency(ArchConfig.smallest(), table).latency_ms < predict_latency(
+        ArchConfig.largest(), table).latency_ms
