@@ -32,11 +32,12 @@ def encode_clicks(clicks: torch.Tensor, region: Box, radius: float = CLICK_RADIU
     xs = torch.arange(region.x0, region.x1, device=clicks.device, dtype=clicks.dtype)
     dy = ys.view(1, 1, -1, 1) - clicks[..., 1].view(*clicks.shape[:2], 1, 1)
     dx = xs.view(1, 1, 1, -1) - clicks[..., 0].view(*clicks.shape[:2], 1, 1)
-    inside = (dy * dy + dx * dx) <= radius * radius  # (B, N, h, w)
+    # float masks and amax rather than boolean &/any: every exporter (ONNX, ExecuTorch, Core ML) takes them
+    inside = ((dy * dy + dx * dx) <= radius * radius).to(clicks.dtype)  # (B, N, h, w)
     label = clicks[..., 2].view(*clicks.shape[:2], 1, 1)
-    positive = (inside & (label == POSITIVE)).any(dim=1)
-    negative = (inside & (label == NEGATIVE)).any(dim=1)
-    return torch.stack([positive, negative], dim=1).to(clicks.dtype)
+    positive = (inside * (label == POSITIVE).to(clicks.dtype)).amax(dim=1)
+    negative = (inside * (label == NEGATIVE).to(clicks.dtype)).amax(dim=1)
+    return torch.stack([positive, negative], dim=1)
 
 
 def relative_coords(taps: torch.Tensor, cells: Box, stride: int) -> torch.Tensor:

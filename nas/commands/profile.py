@@ -8,6 +8,7 @@ from pathlib import Path
 from nas.backends import BACKENDS
 from nas.commands.common import add_space_arg, positive_int
 from nas.op_keys import OpKey
+from nas.profile_bundle import BUNDLE_BACKENDS, read_results, write_bundle
 from nas.profiler import profile, profile_keys
 
 
@@ -24,12 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                "--out latency_tables/x86-2core-ort-2t.json\n  nas profile --device boardA,boardB --backend "
                "onnxruntime --threads 4 --out tables/ --ray-address auto   # one Ray actor per device",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", required=True,
+    parser.add_argument("--device",
                         help="device name written into the table; several comma-separated names profile in "
                              "parallel through Ray actors (then --out is a directory)")
-    parser.add_argument("--backend", required=True, choices=BACKENDS, help="runtime to measure")
+    parser.add_argument("--backend", choices=BACKENDS, help="runtime to measure")
     parser.add_argument("--threads", type=positive_int, default=1, help="runtime threads (default 1)")
-    parser.add_argument("--out", required=True, help="table .json to write or resume (a directory for several devices)")
+    parser.add_argument("--out", help="table .json to write or resume (a directory for several devices)")
     add_space_arg(parser)
     parser.add_argument("--limit", type=positive_int, help="profile only the first N op keys (smoke runs)")
     parser.add_argument("--max-seconds", type=float, default=2.0, help="time cap per op (default 2 s)")
@@ -37,8 +38,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                               "actor then needs the custom resource 'device_<NAME>'")
     parser.set_defaults(func=_profile)
 
+    actions = parser.add_subparsers(dest="profile_action", metavar="[bundle|import]", parser_class=type(parser))
+    bundle = actions.add_parser(
+        "bundle", help="write per-op models, a manifest and a standalone runner for a real device",
+        description="Export every op key of the space to the backend's file format with manifest.json and "
+                    "run_bundle.py, a standalone runner that needs only the runtime and numpy. Copy the folder "
+                    "to the device (Linux board, Mac for Core ML, Android under Termux; or push the .pte files "
+                    "with adb and time them with ExecuTorch's executor_runner), run 'python run_bundle.py "
+                    "--threads N', bring results.json back and turn it into a table with 'nas profile import'.")
+    bundle.add_argument("--backend", required=True, choices=list(BUNDLE_BACKENDS))
+    bundle.add_argument("--out", required=True, help="bundle directory")
+    add_space_arg(bundle)
+    bundle.add_argument("--limit", type=positive_int, help="bundle only the first N op keys")
+    bundle.set_defaults(func=_bundle)
+    imp = actions.add_parser("import", help="turn a device's results.json into a latency table",
+                             description="Convert the results.json that run_bundle.py wrote into a measured table.")
+    imp.add_argument("results", help="results.json written by run_bundle.py")
+    imp.add_argument("--device", required=True, help="device name of the table")
+    imp.add_argument("--out", required=True, help="table .json to write")
+    imp.set_defaults(func=_import_results)
+
 
 def _profile(args: argparse.Namespace) -> int:
+    missing = [f"--{name}" for name in ("device", "backend", "out") if getattr(args, name) is None]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} required (or use 'nas profile bundle' / 'nas profile import')")
     devices = [d for d in args.device.split(",") if d]
     keys = profile_keys(args.space)[: args.limit]
     if len(devices) == 1 and not args.ray_address:
@@ -74,3 +98,18 @@ def _profile_with_ray(devices: list[str], keys: list[str], out_dir: Path, args: 
         return ray.get(tasks)
     finally:
         ray.shutdown()
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    keys = profile_keys(args.space)[: args.limit]
+    out = write_bundle(keys, args.backend, args.out, args.space)
+    print(f"{out}: {len(keys)} ops for {args.backend}; on the device run: python run_bundle.py --threads N")
+    return 0
+
+
+def _import_results(args: argparse.Namespace) -> int:
+    table = read_results(args.results, args.device)
+    table.save(args.out)
+    print(f"{args.out}: {len(table.entries)} entries for {args.device} ({table.device['runtime']}, "
+          f"{table.device['threads']} threads)")
+    return 0
