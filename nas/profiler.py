@@ -148,6 +148,11 @@ def op_module(key: OpKey) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
         f, cm = int(a["f"]), int(a["cm"])
         module = _Head(f, cm, int(a["layers"]), int(a["hidden"]), h, w)
         return module, (torch.randn(1, cm, h, w), torch.randn(1, f), torch.tensor([[w * 4.0, h * 4.0]]))
+    if key.kind == "gpool":  # global average pooling of an `in`-sized map (classifier tails)
+        ih, iw = (int(v) for v in str(a["in"]).split("x"))
+        return nn.AdaptiveAvgPool2d(1), (torch.randn(1, int(a["c"]), ih, iw),)
+    if key.kind == "linear":
+        return nn.Linear(int(a["cin"]), int(a["cout"])), (torch.randn(1, int(a["cin"])),)
     if key.kind in ("act", "bn"):
         c = int(a["c"])
         layer = nn.BatchNorm2d(c).eval() if key.kind == "bn" else _ACTS[str(a["fn"])]()

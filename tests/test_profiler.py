@@ -148,3 +148,10 @@ def test_several_devices_profile_in_parallel_through_ray(tmp_path, capsys):
         assert table.name == name and len(table.entries) == 2
     assert main(["profile", "--device", "a,b", "--backend", "torch", "--out", str(tmp_path / "x.json")]) == 2
     assert "must be a directory" in capsys.readouterr().err
+
+
+def test_classifier_tail_units():
+    module, inputs = op_module(OpKey.parse("gpool[c=8,in=6x5]@1x1"))
+    assert inputs[0].shape == (1, 8, 6, 5) and module(*inputs).shape == (1, 8, 1, 1)
+    module, inputs = op_module(OpKey.parse("linear[cin=8,cout=3]@1x1"))
+    assert module(*inputs).shape == (1, 3)
