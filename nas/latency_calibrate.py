@@ -2,10 +2,13 @@
 adaptation, with a per-op-class linear model instead of a meta-learned one).
 
 Model: latency(arch) = overhead + sum over op classes c of scale_c * (base-table latency of the
-arch's ops in class c). Scales and overhead are fitted by non-negative least squares with a prior
-pulling every scale towards 1; op classes are strongly collinear across architectures, so the
-prior's weight is chosen from a grid by leave-one-out error (weak when the data identify the
-scales, strong when they do not). The calibrated table is the base table with every entry multiplied by its class
+arch's ops in class c), or one global scale for all classes. Fitted by non-negative least squares
+with a prior pulling every scale towards 1. Op classes are strongly collinear across architectures,
+so the model (per-class or global) and the prior's weight are chosen by leave-one-out error, and a
+per-class fit that prices any class at zero is rejected (it cannot hold for other networks). Classes
+the measurements never exercise (e.g. the tap head when calibrating on classification networks)
+take the overall scale: measured / base latency summed over the fit set. The calibrated table is
+the base table with every entry multiplied by its class
 scale, plus the overhead, with provenance 'calibrated' and its leave-one-out error.
 """
 
@@ -27,6 +30,7 @@ from nas.op_keys import OpKey
 from search_spaces.arch_config import ArchConfig
 
 PRIOR_WEIGHTS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # candidate weights of the scale -> 1 prior
+FREE_SCALE = 0.01  # a per-class scale below 1% of the largest one prices its class as free
 
 
 class CalibrationError(ValueError):
@@ -49,19 +53,22 @@ class Calibration:
     overhead_ms: float
     loo: dict  # within_10pct, mape, spearman of leave-one-out predictions
     prior_weight: float
+    model: str  # "per-class" or "global"
+    default_scale: float  # for op classes the fit did not see
 
     def apply(self, base: LatencyTable, device: dict) -> LatencyTable:
         table = LatencyTable(device=device, provenance="calibrated", space=base.space,
                              overhead_ms=base.overhead_ms + self.overhead_ms,
                              calibration={"base": base.name, "base_provenance": base.provenance,
-                                          "method": "per-op-class NNLS scales + overhead",
+                                          "method": f"{self.model} NNLS scales + overhead",
+                                          "default_scale": self.default_scale,
                                           "scales": self.scales, "overhead_ms": self.overhead_ms,
                                           "loo_mape": self.loo["mape"], "loo_within_10pct": self.loo["within_10pct"],
                                           "loo_spearman": self.loo["spearman"], "n": self.loo["n"],
                                           "prior_weight": self.prior_weight},
                              notes=f"calibrated from {self.loo['n']} end-to-end measurements on top of {base.name}")
         for key, entry in base.entries.items():
-            s = self.scales.get(op_class(OpKey.parse(key)), 1.0)
+            s = self.scales.get(op_class(OpKey.parse(key)), self.default_scale)
             table.add(key, Entry(count=entry.count, mean=entry.mean * s, median=entry.median * s,
                                  p90=entry.p90 * s, std=entry.std * s))
         return table
@@ -98,20 +105,27 @@ def calibrate(base: LatencyTable, key_lists: Sequence[Sequence[OpKey]], measured
                                f"e.g. {base_missing[0]}")
     classes = sorted({op_class(k) for keys in key_lists for k in keys})
     features = class_features(base, key_lists, classes)
+    candidates = {"per-class": features, "global": features.sum(axis=1, keepdims=True)}
     best = None
-    for weight in PRIOR_WEIGHTS:
-        loo = []
-        for i in range(len(measured)):
-            keep = np.arange(len(measured)) != i
-            scales, overhead = _fit(features[keep], measured[keep], weight)
-            loo.append(float(features[i] @ scales + overhead))
-        score = accuracy(loo, list(measured))
-        if best is None or score["mape"] < best[1]["mape"]:
-            best = (weight, score)
-    weight, score = best
-    scales, overhead = _fit(features, measured, weight)
-    return Calibration(dict(zip(classes, map(float, scales), strict=True)), overhead,
-                       score | {"n": len(measured)}, weight)
+    for model, x in candidates.items():
+        for weight in PRIOR_WEIGHTS:
+            scales = _fit(x, measured, weight)[0]
+            if model == "per-class" and scales.min() < FREE_SCALE * scales.max():
+                continue  # a class priced as (nearly) free: fits these networks, extrapolates badly to others
+            loo = []
+            for i in range(len(measured)):
+                keep = np.arange(len(measured)) != i
+                scales, overhead = _fit(x[keep], measured[keep], weight)
+                loo.append(float(x[i] @ scales + overhead))
+            score = accuracy(loo, list(measured))
+            if best is None or score["mape"] < best[2]["mape"]:
+                best = (model, weight, score)
+    model, weight, score = best
+    scales, overhead = _fit(candidates[model], measured, weight)
+    fitted = dict(zip(classes, map(float, scales), strict=True)) if model == "per-class" else \
+        dict.fromkeys(classes, float(scales[0]))
+    default = float(measured.sum() / features.sum()) if model == "per-class" else float(scales[0])
+    return Calibration(fitted, overhead, score | {"n": len(measured)}, weight, model, default)
 
 
 def read_measurements(path: str | Path) -> tuple[list[ArchConfig], list[float]]:
@@ -132,6 +146,30 @@ def read_measurements(path: str | Path) -> tuple[list[ArchConfig], list[float]]:
         except (OSError, ValueError) as err:
             raise CalibrationError(f"{path}:{line}: {err}") from None
     return archs, latencies
+
+
+def read_published(path: str | Path, match: str) -> list[tuple[str, int, float, str]]:
+    """Rows (timm_name, input_resolution, latency_ms, source) of a published-latency CSV whose device
+    contains `match` (case-insensitive) and that name a timm model."""
+    path = Path(path)
+    try:
+        rows = list(csv.DictReader(path.read_text().splitlines()))
+    except OSError as err:
+        raise CalibrationError(f"{path}: cannot read ({err.strerror})") from None
+    needed = {"timm_name", "input_resolution", "latency_ms", "device"}
+    if not rows or not needed <= set(rows[0]):
+        raise CalibrationError(f"{path}: needs columns {sorted(needed)}")
+    picked = []
+    for line, row in enumerate(rows, start=2):
+        if match.lower() in row["device"].lower() and row["timm_name"].strip():
+            try:
+                picked.append((row["timm_name"].strip(), int(row["input_resolution"]), float(row["latency_ms"]),
+                               row.get("source", "")))
+            except ValueError as err:
+                raise CalibrationError(f"{path}:{line}: {err}") from None
+    if not picked:
+        raise CalibrationError(f"{path}: no row with a timm model on a device matching {match!r}")
+    return picked
 
 
 def write_measurements(path: str | Path, archs: Sequence[ArchConfig], latencies: Sequence[float]) -> None:

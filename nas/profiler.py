@@ -28,15 +28,16 @@ from nas.backends import get_backend
 from nas.latency_table import Entry, LatencyTable, LatencyTableError, shape_ladder
 from nas.op_keys import OpKey, arch_op_keys
 from search_spaces.arch_config import ArchConfig
-from search_spaces.backbone import ACT_LAYERS, SE_LAYER
+from search_spaces.backbone import SE_LAYER
 from search_spaces.box import Box
 from search_spaces.head import TapHead, encode_clicks, relative_coords
 from search_spaces.space import get_space
 from search_spaces.student import MASK_STRIDE
 
 SAVE_EVERY_S = 5.0
-_ACTS = {"none": nn.Identity, "relu": nn.ReLU, "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid,
-         **{name.lower(): cls for name, cls in ACT_LAYERS.items()}}
+# activation name in op keys (the class name, lower-cased, as op_keys writes it) -> module
+_ACTS = {"none": nn.Identity, **{cls.__name__.lower(): cls for cls in (
+    nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU)}}
 
 
 # ---------------------------------------------------------------- enumeration

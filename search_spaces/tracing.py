@@ -232,6 +232,11 @@ class ReceptiveFieldTracer:
                 raise TracingError(f"input {tuple(input_hw)} is too small: {node.name} would be empty")
         return sizes
 
+    def output_sizes(self, input_hw: tuple[int, int]) -> list[tuple[int, int]]:
+        """Spatial size of each output for an input of `input_hw`."""
+        sizes = self._sizes(input_hw)
+        return [sizes[node] for node in self._outputs()]
+
     def plan(self, input_hw: tuple[int, int], requests: Sequence[Box | None]) -> TracePlan:
         """Regions to compute so that output `i` is exact inside `requests[i]` (None: output not needed)."""
         sizes = self._sizes(input_hw)

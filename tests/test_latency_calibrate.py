@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from nas.cli import main
-from nas.latency_calibrate import CalibrationError, calibrate, calibrate_archs, op_class, write_measurements
+from nas.latency_calibrate import (
+    FREE_SCALE,
+    CalibrationError,
+    calibrate,
+    calibrate_archs,
+    op_class,
+    write_measurements,
+)
 from nas.latency_predict import predict_latency, setting_op_keys
 from nas.latency_setting import REFERENCE_SETTING
 from nas.latency_table import Entry, LatencyTable
@@ -84,3 +91,54 @@ def test_cli_calibrate_writes_a_calibrated_table(tmp_path, base, capsys):
                  "--out", str(tmp_path / "x.json")]) == 2
     assert "columns 'arch' and 'latency_ms'" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+PUBLISHED = """model,timm_name,input_resolution,latency_ms,device,runtime,source
+MobileNetV2 x1.0,mobilenetv2_100,64,{a:.6f},Phone X (NPU),Core ML,paper A
+MobileNetV2 x1.4,mobilenetv2_140,64,{b:.6f},Phone X (NPU),Core ML,paper B
+MobileOne-S0,mobileone_s0,64,{c:.6f},Phone X Pro (NPU),Core ML,readme
+EfficientFormer-L1,efficientformer_l1,64,1.0,Phone X (NPU),Core ML,readme
+Other,,64,1.0,Phone X (NPU),Core ML,no timm model
+MobileNetV2 x1.0,mobilenetv2_100,64,9.9,Phone Y,Core ML,other device
+"""
+
+
+def test_calibrate_to_published_timm_latencies(tmp_path, capsys):
+    from nas.timm_keys import timm_op_keys
+
+    keys = {n: timm_op_keys(n, 64) for n in ("mobilenetv2_100", "mobilenetv2_140", "mobileone_s0")}
+    assert keys["mobilenetv2_100"][-2].kind == "gpool" and keys["mobilenetv2_100"][-1].kind == "linear"
+    base = LatencyTable(device={"name": "host"}, provenance="measured")
+    for key in {k for ks in keys.values() for k in ks}:
+        channels = sum(v for _, v in key.attrs if isinstance(v, int))  # cost grows with width and area
+        ms = 1e-6 * key.out_hw[0] * key.out_hw[1] * channels + 1e-3
+        base.add(str(key), Entry(count=1, mean=ms, median=ms, p90=ms, std=0.0))
+    phone = {n: 0.05 * base.predict(ks).total_ms + 0.2 for n, ks in keys.items()}  # a phone 20x faster
+    csv_path = tmp_path / "published.csv"
+    csv_path.write_text(PUBLISHED.format(a=phone["mobilenetv2_100"], b=phone["mobilenetv2_140"],
+                                         c=phone["mobileone_s0"]))
+    base_path = base.save(tmp_path / "host.json")
+    out = tmp_path / "phonex.json"
+    assert main(["latency", "calibrate", "--base", str(base_path), "--published", str(csv_path),
+                 "--match", "phone x", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped efficientformer_l1" in printed  # attention / non-padding pooling: not decomposable yet
+    table = LatencyTable.load(out)
+    assert table.provenance == "calibrated" and table.calibration["n"] == 3
+    assert table.calibration["loo_mape"] < 0.02
+    for name, ks in keys.items():
+        assert table.predict(ks).total_ms == pytest.approx(phone[name], rel=0.02)
+    assert main(["latency", "calibrate", "--base", str(base_path), "--published", str(csv_path),
+                 "--out", str(out)]) == 2
+    assert "--match" in capsys.readouterr().err
+
+
+def test_per_class_fits_that_price_a_class_as_free_are_rejected(base):
+    rng = np.random.default_rng(3)
+    archs = [ArchConfig.sample(rng, TINY) for _ in range(12)]
+    # a device on which depthwise convs cost nothing: the per-class fit would set conv_dw to 0
+    measured = [sum((0 if op_class(k) == "conv_dw" else 1) * base.latency(k)[0]
+                    for k in setting_op_keys(a, REFERENCE_SETTING)) for a in archs]
+    calibration = calibrate_archs(base, archs, measured)
+    scales = list(calibration.scales.values())
+    assert min(scales) >= FREE_SCALE * max(scales)  # whichever model won, no class is priced as free

@@ -51,3 +51,12 @@ def test_shipped_host_tables_cover_the_default_space():
         assert 0 < traced <= full * 1.01
     assert predict_latency(ArchConfig.smallest(), table).latency_ms < predict_latency(
         ArchConfig.largest(), table).latency_ms
+
+
+def test_iphone_targets_are_calibrated_tables_with_their_error():
+    from nas.latency_table import resolve_target
+
+    for name in ("iphone13", "iphone12"):
+        table = resolve_target(name)
+        assert table.provenance == "calibrated" and table.name == name
+        assert 0 <= table.calibration["loo_mape"] < 1 and table.calibration["n"] >= 3

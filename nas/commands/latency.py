@@ -8,13 +8,15 @@ from pathlib import Path
 
 from nas.backends import BACKENDS
 from nas.commands.common import positive_int, read_arch
-from nas.latency_calibrate import calibrate_archs, read_measurements, write_measurements
+from nas.latency_calibrate import calibrate, calibrate_archs, read_measurements, read_published, write_measurements
 from nas.latency_import import FORMATS, check_ofa_net, import_tables
 from nas.latency_predict import predict_latency
 from nas.latency_setting import LatencySetting, parse_image_size
 from nas.latency_table import LatencyTable, available_targets, resolve_target
 from nas.latency_validate import validate
+from nas.timm_keys import timm_op_keys
 from search_spaces.arch_config import ArchConfig
+from search_spaces.tracing import TracingError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -93,7 +95,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="CSV columns: arch (ArchConfig JSON or a path to one), latency_ms. 'nas latency validate "
                "--measurements-out' writes such a file for this machine.")
     cal.add_argument("--base", required=True, help="base table (name or .json)")
-    cal.add_argument("--measurements", required=True, metavar="CSV")
+    source = cal.add_mutually_exclusive_group(required=True)
+    source.add_argument("--measurements", metavar="CSV", help="columns arch (ArchConfig JSON or path), latency_ms")
+    source.add_argument("--published", metavar="CSV",
+                        help="published end-to-end latencies of timm models (columns timm_name, input_resolution, "
+                             "latency_ms, device), e.g. ../shared/latency_reference/published_model_latency.csv")
+    cal.add_argument("--match", help="with --published: use the rows whose device contains this text")
     cal.add_argument("--out", required=True, help="calibrated table .json to write")
     cal.add_argument("--device", help="device name of the calibrated table (default: the output file's stem)")
     cal.add_argument("--json", action="store_true", help="print one JSON object")
@@ -177,8 +184,21 @@ def _import(args: argparse.Namespace) -> int:
 
 def _calibrate(args: argparse.Namespace) -> int:
     base = resolve_target(args.base)
-    archs, measured = read_measurements(args.measurements)
-    calibration = calibrate_archs(base, archs, measured)
+    if args.published:
+        if not args.match:
+            raise ValueError("--published needs --match DEVICE_TEXT (e.g. 'iPhone 13')")
+        key_lists, measured = [], []
+        for name, resolution, ms, _ in read_published(args.published, args.match):
+            try:
+                key_lists.append(timm_op_keys(name, resolution))
+            except TracingError as err:  # attention / global mixing: no fused-op decomposition yet
+                print(f"  skipped {name}: {str(err).splitlines()[0][:100]}")
+                continue
+            measured.append(ms)
+        calibration = calibrate(base, key_lists, measured)
+    else:
+        archs, measured = read_measurements(args.measurements)
+        calibration = calibrate_archs(base, archs, measured)
     name = args.device or Path(args.out).stem
     table = calibration.apply(base, base.device | {"name": name, "runtime": f"calibrated from {base.name}"})
     table.save(args.out)
@@ -190,6 +210,6 @@ def _calibrate(args: argparse.Namespace) -> int:
     print(f"{args.out}: {name} calibrated on {base.name} from {loo['n']} measurements")
     print(f"  leave-one-out: mape {loo['mape']:.1%}, within_10pct {loo['within_10pct']:.2f}, "
           f"spearman {loo['spearman']:.3f}")
-    print("  scales: " + ", ".join(f"{c}={s:.3g}" for c, s in calibration.scales.items())
-          + f"; overhead {calibration.overhead_ms:.3f} ms")
+    print(f"  model: {calibration.model}; scales: " + ", ".join(f"{c}={s:.3g}" for c, s in calibration.scales.items())
+          + f"; overhead {calibration.overhead_ms:.3f} ms; other classes x{calibration.default_scale:.3g}")
     return 0

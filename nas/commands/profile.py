@@ -10,6 +10,7 @@ from nas.commands.common import add_space_arg, positive_int
 from nas.op_keys import OpKey
 from nas.profile_bundle import BUNDLE_BACKENDS, read_results, write_bundle
 from nas.profiler import profile, profile_keys
+from nas.timm_keys import timm_op_keys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", help="table .json to write or resume (a directory for several devices)")
     add_space_arg(parser)
     parser.add_argument("--limit", type=positive_int, help="profile only the first N op keys (smoke runs)")
+    parser.add_argument("--timm-models", metavar="NAME[@RES],...",
+                        help="also profile the ops of these timm models (default resolution 224), e.g. to "
+                             "calibrate against published latencies of those models")
     parser.add_argument("--max-seconds", type=float, default=2.0, help="time cap per op (default 2 s)")
     parser.add_argument("--ray-address", help="Ray cluster address ('auto' for a running cluster); each device's "
                                               "actor then needs the custom resource 'device_<NAME>'")
@@ -65,6 +69,9 @@ def _profile(args: argparse.Namespace) -> int:
         raise ValueError(f"{', '.join(missing)} required (or use 'nas profile bundle' / 'nas profile import')")
     devices = [d for d in args.device.split(",") if d]
     keys = profile_keys(args.space)[: args.limit]
+    for spec in filter(None, (args.timm_models or "").split(",")):
+        name, _, res = spec.partition("@")
+        keys += timm_op_keys(name, int(res) if res else 224)
     if len(devices) == 1 and not args.ray_address:
         table = profile(keys, args.out, devices[0], args.backend, args.threads, args.space,
                         max_seconds=args.max_seconds)
