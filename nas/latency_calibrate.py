@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import nnls
 
+from nas.latency_predict import setting_op_keys
 from nas.latency_setting import REFERENCE_SETTING, LatencySetting
 from nas.latency_table import Entry, LatencyTable
 from nas.latency_validate import accuracy
@@ -182,6 +183,4 @@ def write_measurements(path: str | Path, archs: Sequence[ArchConfig], latencies:
 
 def calibrate_archs(base: LatencyTable, archs: Sequence[ArchConfig], measured_ms: Sequence[float],
                     setting: LatencySetting = REFERENCE_SETTING) -> Calibration:
-    from nas.latency_predict import setting_op_keys
-
     return calibrate(base, [setting_op_keys(a, setting) for a in archs], measured_ms)
