@@ -22,8 +22,7 @@ from torch import nn
 
 from search_spaces.arch_config import ArchConfig
 from search_spaces.backbone import IN_CHANNELS
-from search_spaces.box import Box
-from search_spaces.student import MASK_STRIDE, TraceNetStudent, tap_window
+from search_spaces.student import TraceNetStudent, output_cells
 from search_spaces.tracing import ReceptiveFieldTracer, TracePlan
 
 Attr = str | int
@@ -142,23 +141,13 @@ def trunk_op_keys(tracer: ReceptiveFieldTracer, plan: TracePlan, in_channels: in
     return keys
 
 
-def student_plan(model: TraceNetStudent, image_hw: tuple[int, int], tap_xy: tuple[float, float],
-                 window_px: int | None) -> tuple[TracePlan, Box]:
-    """The receptive-field plan of one tap: traced to a window, or full frame when `window_px` is None."""
-    h, w = image_hw
-    if window_px is None:
-        cells = Box.full(h // MASK_STRIDE, w // MASK_STRIDE)
-        return model.tracer.plan(image_hw, (cells, Box.full(h // 32, w // 32))), cells
-    cells = tap_window(image_hw, tap_xy, window_px)
-    return model.plan(image_hw, tap_xy, cells), cells
-
-
 def arch_op_keys(arch: ArchConfig, image_hw: tuple[int, int], tap_xy: tuple[float, float],
                  window_px: int | None) -> list[OpKey]:
     """All units one tap runs on a student: click encoding, traced trunk, tap head."""
     with torch.device("meta"):
         model = TraceNetStudent(arch).eval()
-    plan, cells = student_plan(model, image_hw, tap_xy, window_px)
+    cells = output_cells(image_hw, tap_xy, window_px)
+    plan = model.plan(image_hw, tap_xy, cells)
     box = plan.input_box
     keys = [OpKey.make("clicks", (box.h, box.w), c=IN_CHANNELS)]
     keys += trunk_op_keys(model.tracer, plan, IN_CHANNELS)

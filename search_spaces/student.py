@@ -50,6 +50,13 @@ def tap_window(image_hw: tuple[int, int], tap_xy: tuple[float, float], size_px: 
     return Box.window(center, cells, grid)
 
 
+def output_cells(image_hw: tuple[int, int], tap_xy: tuple[float, float], window_px: int | None) -> Box:
+    """The output cells one tap computes: a window of `window_px` around it, or the whole grid (None)."""
+    if window_px is None:
+        return Box.full(image_hw[0] // MASK_STRIDE, image_hw[1] // MASK_STRIDE)
+    return tap_window(image_hw, tap_xy, window_px)
+
+
 class TraceNetStudent(nn.Module):
     """A plain, standalone student for one `ArchConfig` (what the supernet extracts and what ships)."""
 

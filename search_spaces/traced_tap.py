@@ -11,9 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from search_spaces.box import Box
 from search_spaces.head import encode_clicks, relative_coords
-from search_spaces.student import MASK_STRIDE, TraceNetStudent, tap_window
+from search_spaces.student import MASK_STRIDE, TraceNetStudent, output_cells
 
 
 class TracedTap(nn.Module):
@@ -21,9 +20,7 @@ class TracedTap(nn.Module):
                  window_px: int | None):
         super().__init__()
         self.model = model.eval()
-        h, w = image_hw
-        self.cells = tap_window(image_hw, tap_xy, window_px) if window_px else Box.full(h // MASK_STRIDE,
-                                                                                       w // MASK_STRIDE)
+        self.cells = output_cells(image_hw, tap_xy, window_px)
         self.plan = model.plan(image_hw, tap_xy, self.cells)
         self.input_box = self.plan.input_box
 
