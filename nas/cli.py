@@ -8,17 +8,18 @@ import os
 import sys
 
 from nas import __version__
-from nas.commands import latency, profile, space
+from nas.commands import latency, profile, search, space
 
 DESCRIPTION = """TraceNAS: find and train tiny TraceNet-style tap-to-segment models for phones.
 
 Workflow: inspect a search space (nas space show), sample members with their FLOPs
 (nas space sample) and verify receptive-field cropping (nas space check-tracing);
 measure a device's latency table (nas profile) and price architectures on it
-(nas latency predict, nas latency tables).
+(nas latency predict, nas latency tables); search the best student under a
+latency budget on a target (nas search --target iphone13 --budget 5ms).
 Run 'nas COMMAND --help' for the options of each command."""
 
-COMMANDS = (space, profile, latency)
+COMMANDS = (space, profile, latency, search)
 
 
 class Parser(argparse.ArgumentParser):

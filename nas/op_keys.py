@@ -8,7 +8,8 @@ the unit's kind, its hyper-parameters (sorted by name) and its output height x w
     conv[act=hswish,cin=5,cout=16,d=1,g=1,k=3,s=2]@96x128
 
 Shapes are those of the *cropped* forward pass for the given image size, tap and output window:
-they come from running the receptive-field plan on meta tensors (no arithmetic is done).
+the receptive-field plan's region of every node and the graph's channel counts (no arithmetic is
+done, so a student built on the meta device is enough).
 """
 
 from __future__ import annotations
@@ -89,12 +90,10 @@ def _group_attr(conv: nn.Conv2d) -> Attr:
 
 def trunk_op_keys(tracer: ReceptiveFieldTracer, plan: TracePlan, in_channels: int) -> list[OpKey]:
     """Fused units of a traced module, in execution order, at the plan's cropped shapes."""
-    shapes: dict[torch.fx.Node, torch.Size] = {}
     module = tracer.module
-    if not next(module.parameters()).is_meta:
-        raise ValueError("trunk_op_keys needs a module built on the meta device (no arithmetic is done)")
-    x = torch.empty(1, in_channels, plan.input_box.h, plan.input_box.w, device="meta")
-    tracer.run(plan, x, observe=lambda node, value: shapes.__setitem__(node, getattr(value, "shape", None)))
+    channels = tracer.channels(in_channels)
+    # every planned node computes exactly its box (see ReceptiveFieldTracer.run)
+    shapes = {node: (1, channels[node], box.h, box.w) for node, box in plan.boxes.items()}
 
     keys, fused = [], set()
     for node, op in tracer.ops.items():
@@ -135,7 +134,7 @@ def trunk_op_keys(tracer: ReceptiveFieldTracer, plan: TracePlan, in_channels: in
                 continue
             kind = "bn" if _act_name(leaf) is None else "act"
             keys.append(OpKey.make(kind, out[-2:], c=out[1], fn=_act_name(leaf) or "bn"))
-        elif out is not None and len(out) == 4:
+        else:
             name = node.target if isinstance(node.target, str) else node.target.__name__
             keys.append(OpKey.make("eltwise", out[-2:], c=out[1], fn=name.strip("_")))
     return keys

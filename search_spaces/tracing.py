@@ -232,6 +232,25 @@ class ReceptiveFieldTracer:
                 raise TracingError(f"input {tuple(input_hw)} is too small: {node.name} would be empty")
         return sizes
 
+    def channels(self, in_channels: int) -> dict[torch.fx.Node, int]:
+        """Channel count of every feature-map node for an input of `in_channels` (no arithmetic)."""
+        channels: dict[torch.fx.Node, int] = {}
+        for node, op in self.ops.items():
+            if op.kind == "input":
+                channels[node] = in_channels
+                continue
+            args = [channels[n] for n in node.all_input_nodes if n in channels]
+            if op.kind in ("const", "output") or not args:
+                continue
+            module = self.module.get_submodule(node.target) if node.op == "call_module" else None
+            if isinstance(module, nn.Conv2d):
+                channels[node] = module.out_channels
+            elif node.target is torch.cat:
+                channels[node] = sum(args)
+            else:  # pooling, upsampling, norms, activations, broadcasting arithmetic
+                channels[node] = max(args)
+        return channels
+
     def output_sizes(self, input_hw: tuple[int, int]) -> list[tuple[int, int]]:
         """Spatial size of each output for an input of `input_hw`."""
         sizes = self._sizes(input_hw)

@@ -15,3 +15,18 @@ def _deterministic():
 def calibrate():
     """BN statistics from data, so BatchNorm is not the identity in exactness tests."""
     return lambda model, seed=0: calibrate_bn(model, torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="session")
+def tiny_table_path(tmp_path_factory):
+    """A complete table for the tiny space: latency proportional to output area x output channels."""
+    from nas.latency_table import Entry, LatencyTable
+    from nas.profiler import profile_keys
+
+    table = LatencyTable(device={"name": "tiny-unit", "runtime": "torch", "threads": 1}, provenance="measured",
+                         space=TINY)
+    for key in profile_keys(TINY):
+        attrs = dict(key.attrs)
+        ms = key.out_hw[0] * key.out_hw[1] * int(attrs.get("cout", attrs.get("c", attrs.get("f", 8)))) * 1e-5
+        table.add(str(key), Entry(count=1, mean=ms, median=ms, p90=ms, std=0.0))
+    return table.save(tmp_path_factory.mktemp("tables") / "tiny-unit.json")

@@ -1,8 +1,11 @@
 import pytest
+import torch
 from torch import nn
 
 from nas.op_keys import OpKey, OpKeyError, arch_op_keys, trunk_op_keys
 from search_spaces import ArchConfig, Box, ReceptiveFieldTracer
+from search_spaces.backbone import IN_CHANNELS
+from search_spaces.student import TraceNetStudent, output_cells
 
 TINY = "tracenet_tiny"
 
@@ -62,10 +65,19 @@ def test_keys_follow_the_traced_shapes():
     assert full[1] == OpKey.make("conv", (128, 128), act="hardswish", cin=5, cout=8, d=1, g=1, k=3, s=2)
 
 
-def test_keys_need_a_meta_module():
-    tracer = ReceptiveFieldTracer(nn.Sequential(nn.Conv2d(3, 3, 1)))
-    with pytest.raises(ValueError, match="meta"):
-        trunk_op_keys(tracer, tracer.plan((4, 4), [Box.full(4, 4)]), 3)
+@pytest.mark.parametrize("seed", range(6))
+def test_planned_shapes_equal_the_shapes_a_cropped_run_computes(seed):
+    """Op keys read shapes from the plan and channel propagation; a real cropped run must agree."""
+    arch = ArchConfig.sample(seed, TINY)
+    model = TraceNetStudent(arch).eval()
+    image_hw, tap = (96, 128), (float(7 + 19 * seed), float(5 + 13 * seed))
+    plan = model.plan(image_hw, tap, output_cells(image_hw, tap, 32 if seed % 2 else None))
+    channels = model.tracer.channels(IN_CHANNELS)
+    seen = {}
+    x = torch.zeros(1, IN_CHANNELS, plan.input_box.h, plan.input_box.w)
+    model.tracer.run(plan, x, observe=lambda node, value: seen.__setitem__(node, getattr(value, "shape", None)))
+    planned = {n: (1, channels[n], b.h, b.w) for n, b in plan.boxes.items()}
+    assert planned == {n: tuple(seen[n]) for n in plan.boxes}
 
 
 def test_se_units_only_where_the_arch_has_se():

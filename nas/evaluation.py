@@ -1,0 +1,81 @@
+"""Candidate evaluation shared by every search algorithm: latency under a table (the constraint) and
+the score, each memoised. Scores run in this process or on Ray actors (`workers > 1`); a batch is
+always scored as a whole and returned in order, so results do not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from nas.latency_predict import predict_latency
+from nas.latency_setting import LatencySetting
+from nas.latency_table import LatencyTable
+from nas.scores import build_scorer
+from search_spaces.arch_config import ArchConfig
+
+
+class LatencyModel:
+    """Predicted latency (ms) of architectures on one table at one reference setting."""
+
+    def __init__(self, table: LatencyTable, setting: LatencySetting):
+        self.table, self.setting = table, setting
+        self._cache: dict[ArchConfig, float] = {}
+
+    def __call__(self, arch: ArchConfig) -> float:
+        if arch not in self._cache:
+            self._cache[arch] = predict_latency(arch, self.table, self.setting).latency_ms
+        return self._cache[arch]
+
+    def remember(self, arch: ArchConfig, latency_ms: float) -> None:
+        self._cache[arch] = latency_ms
+
+
+class _ScoreWorker:
+    def __init__(self, recipe: dict, threads: int):
+        torch.set_num_threads(threads)
+        self.scorer = build_scorer(recipe)
+
+    def score(self, arch: ArchConfig) -> float:
+        return self.scorer.score(arch)
+
+
+class ScorePool:
+    """Scores architectures with the scorer `recipe` describes; memoised across targets and batches."""
+
+    def __init__(self, recipe: dict, workers: int = 1, ray_address: str | None = None):
+        self.scorer = build_scorer(recipe)
+        self.workers = workers
+        self._cache: dict[ArchConfig, float] = {}
+        self._pool = None
+        if workers > 1 or ray_address:
+            import ray
+            from ray.util import ActorPool
+
+            if not ray.is_initialized():
+                ray.init(address=ray_address, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False)
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            actor = ray.remote(num_cpus=0)(_ScoreWorker)  # CPU threads are set explicitly per worker
+            self._pool = ActorPool([actor.remote(recipe, threads) for _ in range(workers)])
+
+    def remember(self, arch: ArchConfig, score: float) -> None:
+        self._cache[arch] = score
+
+    def scores(self, archs: list[ArchConfig]) -> list[float]:
+        todo = list(dict.fromkeys(a for a in archs if a not in self._cache))
+        if self._pool is None:
+            for arch in todo:
+                self._cache[arch] = self.scorer.score(arch)
+        else:
+            for arch, value in zip(todo, self._pool.map(lambda w, a: w.score.remote(a), todo), strict=True):
+                self._cache[arch] = value
+        return [self._cache[a] for a in archs]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            import ray
+
+            self._pool = None
+            ray.shutdown()

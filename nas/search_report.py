@@ -1,0 +1,65 @@
+"""Result files of one searched target: best_arch.json, pareto.csv and pareto.png."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from search_spaces.files import atomic_write
+
+if TYPE_CHECKING:
+    from nas.search_algorithms import Candidate
+
+
+def pareto_front(candidates: list[Candidate]) -> list[Candidate]:
+    """Candidates no other one beats on both score (higher) and latency (lower), fastest first."""
+    front: list[Candidate] = []
+    for c in sorted(candidates, key=lambda c: (c.latency_ms, -c.score)):
+        if not front or c.score > front[-1].score:
+            front.append(c)
+    return front
+
+
+def _write_text(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_target_result(out: Path, summary: dict, candidates: list[Candidate], front: list[Candidate],
+                        budget_ms: float) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    rows = io.StringIO()
+    writer = csv.writer(rows)
+    writer.writerow(["rank", "score", "predicted_latency_ms", "arch"])
+    for rank, c in enumerate(sorted(front, key=lambda c: (-c.score, c.latency_ms)), 1):
+        writer.writerow([rank, f"{c.score:.6g}", f"{c.latency_ms:.6g}", c.arch.to_json()])
+    files = {"best_arch": _write_text(out / "best_arch.json", json.dumps(summary, indent=1)),
+             "pareto_csv": _write_text(out / "pareto.csv", rows.getvalue()),
+             "pareto_png": out / "pareto.png"}
+    _plot(files["pareto_png"], summary, candidates, front, budget_ms)
+    return files
+
+
+def _plot(path: Path, summary: dict, candidates: list[Candidate], front: list[Candidate], budget_ms: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    feasible = [c for c in candidates if c.feasible]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    ax.scatter([c.latency_ms for c in feasible], [c.score for c in feasible], s=12, c="0.7", label="evaluated")
+    ax.plot([c.latency_ms for c in front], [c.score for c in front], "o-", ms=4, c="tab:blue", label="Pareto front")
+    ax.scatter([summary["predicted_latency_ms"]], [summary["score"]], s=80, marker="*", c="tab:red", zorder=3,
+               label="best")
+    ax.axvline(budget_ms, ls="--", c="tab:red", lw=1, label=f"budget {budget_ms:g} ms")
+    ax.set_xlabel(f"predicted latency on {summary['target']} (ms, {summary['table']['provenance']} table)")
+    ax.set_ylabel(f"{summary['score_name']} ({summary['score_kind']})")
+    ax.set_title(f"{summary['algo']} search, {summary['evaluated']} architectures")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    plt.close(fig)
