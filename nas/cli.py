@@ -8,7 +8,7 @@ import os
 import sys
 
 from nas import __version__
-from nas.commands import latency, profile, search, space
+from nas.commands import latency, predictor, profile, search, space
 
 DESCRIPTION = """TraceNAS: find and train tiny TraceNet-style tap-to-segment models for phones.
 
@@ -19,7 +19,7 @@ measure a device's latency table (nas profile) and price architectures on it
 latency budget on a target (nas search --target iphone13 --budget 5ms).
 Run 'nas COMMAND --help' for the options of each command."""
 
-COMMANDS = (space, profile, latency, search)
+COMMANDS = (space, profile, latency, search, predictor)
 
 
 class Parser(argparse.ArgumentParser):

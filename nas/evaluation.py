@@ -38,7 +38,7 @@ class _ScoreWorker:
         self.scorer = build_scorer(recipe)
 
     def score(self, arch: ArchConfig) -> float:
-        return self.scorer.score(arch)
+        return self.scorer.scores([arch])[0]
 
 
 class ScorePool:
@@ -66,8 +66,7 @@ class ScorePool:
     def scores(self, archs: list[ArchConfig]) -> list[float]:
         todo = list(dict.fromkeys(a for a in archs if a not in self._cache))
         if self._pool is None:
-            for arch in todo:
-                self._cache[arch] = self.scorer.score(arch)
+            self._cache.update(zip(todo, self.scorer.scores(todo), strict=True))
         else:
             for arch, value in zip(todo, self._pool.map(lambda w, a: w.score.remote(a), todo), strict=True):
                 self._cache[arch] = value

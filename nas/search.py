@@ -22,7 +22,6 @@ from nas import __version__
 from nas.evaluation import LatencyModel, ScorePool
 from nas.latency_setting import LatencySetting
 from nas.latency_table import LatencyTable, resolve_target
-from nas.scores import build_scorer
 from nas.search_algorithms import Candidate, Evolution, OptunaSearch, SearchError, SearchProblem
 from nas.search_report import pareto_front, write_target_result
 from search_spaces.arch_config import ArchConfig
@@ -155,19 +154,18 @@ def run_search(settings: SearchSettings, out_dir: str | Path, resume: bool = Fal
                progress: bool = True) -> list[TargetResult]:
     """Search every target of `settings`; write the result files under `out_dir` (see `nas search --help`)."""
     out = Path(out_dir)
-    targets = check_budgets(settings)  # before anything is written
-    scorer = build_scorer(settings.scorer)
     if not resume and (out / STUDY_FILE).exists():
         raise FileExistsError(f"{out} already holds a search; pass it to --resume or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / CONFIG_FILE, lambda f: f.write(json.dumps({
-        "settings": settings.to_dict(), "tool_version": __version__, "optuna_version": optuna.__version__,
-        "score": {"name": scorer.name, "kind": scorer.kind, "description": scorer.description},
-        "latency_setting": settings.setting().describe()}, indent=1).encode()))
-    storage = optuna.storages.RDBStorage(f"sqlite:///{(out / STUDY_FILE).resolve()}")
+    targets = check_budgets(settings)  # before anything is written
     pool = ScorePool(settings.scorer, settings.workers, settings.ray_address)
-    results = []
     try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / CONFIG_FILE, lambda f: f.write(json.dumps({
+            "settings": settings.to_dict(), "tool_version": __version__, "optuna_version": optuna.__version__,
+            "score": {"name": pool.scorer.name, "kind": pool.scorer.kind, "description": pool.scorer.description},
+            "latency_setting": settings.setting().describe()}, indent=1).encode()))
+        storage = optuna.storages.RDBStorage(f"sqlite:///{(out / STUDY_FILE).resolve()}")
+        results = []
         with open(out / LOG_FILE, "a") as log:
             log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {'resume' if resume else 'start'} "
                       f"{json.dumps(settings.to_dict())}\n")

@@ -1,4 +1,4 @@
-"""Student checkpoints: the architecture next to its weights, written atomically, read safely."""
+"""Student and supernet checkpoints: weights with what builds them, written atomically, read safely."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from search_spaces.arch_config import ArchConfig, ArchConfigError
 from search_spaces.files import atomic_write
 from search_spaces.student import TraceNetStudent
+from search_spaces.supernet import TraceNetSupernet
 
 FORMAT = "tracenas-student"
 VERSION = 1
@@ -25,7 +26,7 @@ def save_student(model: TraceNetStudent, path: str | Path, **extra: object) -> P
     return atomic_write(path, lambda f: torch.save(payload, f))
 
 
-def load_student(path: str | Path, map_location: str | torch.device = "cpu") -> TraceNetStudent:
+def _read(path: str | Path, fmt: str, what: str, map_location: str | torch.device) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -33,14 +34,39 @@ def load_student(path: str | Path, map_location: str | torch.device = "cpu") -> 
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for truncated or foreign files
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a TraceNAS student checkpoint (format must be '{FORMAT}')")
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise CheckpointError(f"{path}: not a TraceNAS {what} checkpoint (format must be '{fmt}')")
     if payload.get("version") != VERSION:
         raise CheckpointError(f"{path}: checkpoint version {payload.get('version')} is not supported "
                               f"(expected {VERSION})")
+    return payload
+
+
+def load_student(path: str | Path, map_location: str | torch.device = "cpu") -> TraceNetStudent:
+    payload = _read(path, FORMAT, "student", map_location)
     try:
         model = TraceNetStudent(ArchConfig.from_dict(payload["arch"]))
         model.load_state_dict(payload["state_dict"])
     except (KeyError, ArchConfigError, RuntimeError) as err:
         raise CheckpointError(f"{path}: weights do not match the stored architecture ({err})") from None
     return model.eval()
+
+
+SUPERNET_FORMAT = "tracenas-supernet"
+
+
+def save_supernet(supernet: TraceNetSupernet, path: str | Path, **extra: object) -> Path:
+    """Write `{format, version, space, state_dict, **extra}` atomically (the space must be registered to load)."""
+    payload = {"format": SUPERNET_FORMAT, "version": VERSION, "space": supernet.spec.name,
+               "state_dict": supernet.state_dict(), **extra}
+    return atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def load_supernet(path: str | Path, map_location: str | torch.device = "cpu") -> TraceNetSupernet:
+    payload = _read(path, SUPERNET_FORMAT, "supernet", map_location)
+    try:
+        supernet = TraceNetSupernet(payload["space"])
+        supernet.load_state_dict(payload["state_dict"])
+    except (KeyError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: weights do not match the supernet of its space ({err})") from None
+    return supernet.eval()

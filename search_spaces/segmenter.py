@@ -46,9 +46,9 @@ class Segmenter:
     def from_checkpoint(cls, path: str | Path, **kwargs: object) -> Segmenter:
         return cls(load_student(path), **kwargs)
 
-    @torch.no_grad()
-    def predict(self, image: np.ndarray, clicks: Sequence[Click]) -> tuple[np.ndarray, float]:
-        """Mask (H, W) bool and predicted IoU for `clicks` [(x, y, positive)]; the first positive is the tap."""
+    def prepare(self, image: np.ndarray, clicks: Sequence[Click]) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """Network inputs for `image` and `clicks` under the resize policy: the normalised, padded image
+        (1, 3, H, W), the click rows (1, N, 3) in network pixels (tap first) and the resized (h, w)."""
         h, w = _check_image(image)
         ordered = _check_clicks(clicks, h, w)
         resolution = self.model.arch.resolution
@@ -63,11 +63,19 @@ class Segmenter:
         sy, sx = nh / h, nw / w  # pixel centres map as (x + 0.5) * s - 0.5
         click_rows = [[(cx + 0.5) * sx - 0.5, (cy + 0.5) * sy - 0.5, POSITIVE if pos else NEGATIVE]
                       for cx, cy, pos in ordered]
-        click_tensor = torch.tensor([click_rows], dtype=torch.float32, device=self.device)
+        return x, torch.tensor([click_rows], dtype=torch.float32, device=self.device), (nh, nw)
+
+    @torch.no_grad()
+    def predict(self, image: np.ndarray, clicks: Sequence[Click]) -> tuple[np.ndarray, float]:
+        """Mask (H, W) bool and predicted IoU for `clicks` [(x, y, positive)]; the first positive is the tap."""
+        x, click_tensor, (nh, nw) = self.prepare(image, clicks)  # validates image and clicks
+        h, w = image.shape[:2]
+        ph, pw = x.shape[-2:]
+        resolution = self.model.arch.resolution
         window = None
         if self.window is not None:
             side = max(MASK_STRIDE, round(self.window * resolution))
-            window = tap_window((ph, pw), tuple(click_rows[0][:2]), side)
+            window = tap_window((ph, pw), tuple(click_tensor[0, 0, :2].tolist()), side)
         out = self.model(x, click_tensor, window=window)
         cells = out.box
         logits = torch.full((1, 1, ph, pw), -1e4, device=self.device)

@@ -15,6 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from search_spaces.arch_config import ArchConfig
+from search_spaces.batchnorm import recalibrate_bn
 from search_spaces.space import DEFAULT_SPACE
 from search_spaces.student import MASK_STRIDE, SIZE_MULTIPLE, TraceNetStudent, tap_window
 
@@ -33,22 +34,19 @@ def random_tap(rng: np.random.Generator, h: int, w: int, kind: str) -> tuple[flo
     return float(rng.uniform(0, w - 1)), float(rng.uniform(0, h - 1))
 
 
-@torch.no_grad()
 def calibrate_bn(model: TraceNetStudent, gen: torch.Generator, batches: int = 2) -> None:
-    """Set BatchNorm running statistics from a few random batches (Once-for-All's per-subnet BN
-    recalibration), so activations have the scale of a trained network rather than exploding."""
+    """BatchNorm statistics from a few random batches, so activations have the scale of a trained
+    network rather than exploding."""
     r = model.arch.resolution
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average over the calibration batches
-    model.train()
-    for _ in range(batches):
-        image = torch.randn(2, 3, r, r, generator=gen)
-        clicks = torch.rand(2, 2, 3, generator=gen) * r
-        clicks[..., 2] = torch.tensor([1.0, 0.0])
-        model(image, clicks)
-    model.eval()
+
+    def random_batches():
+        for _ in range(batches):
+            image = torch.randn(2, 3, r, r, generator=gen)
+            clicks = torch.rand(2, 2, 3, generator=gen) * r
+            clicks[..., 2] = torch.tensor([1.0, 0.0])
+            yield image, clicks
+
+    recalibrate_bn(model, random_batches())
 
 
 @torch.no_grad()

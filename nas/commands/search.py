@@ -15,6 +15,8 @@ from search_spaces.arch_config import ArchConfig
 DEFAULTS = SearchSettings(targets=("-",), budgets_ms=(1.0,))
 # options a resumed run may change; the others must match the stored settings
 RESUMABLE = {"generations", "trials", "workers", "ray_address"}
+SETTING_OPTIONS = ("algo", "space", "seed", "population", "generations", "trials", "image_size", "tap", "window",
+                   "workers", "ray_address")
 
 EPILOG = """examples:
   nas search --target iphone13 --budget 5ms
@@ -68,7 +70,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                         "for all targets or comma-separated, one per target")
     parser.add_argument("--algo", choices=ALGORITHMS, help=f"search algorithm (default {DEFAULTS.algo})")
     add_space_arg(parser)
-    parser.set_defaults(space=None)
     parser.add_argument("--seed", type=int, help=f"random seed; a run is deterministic for it (default "
                                                  f"{DEFAULTS.seed})")
     parser.add_argument("--population", type=positive_int, help=f"evolution population and Optuna batch size "
@@ -83,6 +84,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                            "(default 0.5,0.5)")
     parser.add_argument("--window", type=_window, help="output window side as a fraction of the resolution, or "
                                                        "'full' (default 0.5)")
+    score = parser.add_argument_group("score (default: the NASWOT training-free proxy on real photos)")
+    score.add_argument("--supernet", metavar="CKPT", help="score = mIoU-T of each subnet under this supernet "
+                                                          "checkpoint, BN recalibrated per subnet (needs --data)")
+    score.add_argument("--data", metavar="SPEC", help="validation data for --supernet: grabcut:PATH, davis:PATH "
+                                                      "or synthetic:N[:SIZE]")
+    score.add_argument("--predictor", metavar="FILE", help="score = an accuracy predictor (nas predictor fit)")
     parser.add_argument("--workers", type=positive_int, help="score candidates on N Ray workers (default 1: in "
                                                              "this process)")
     parser.add_argument("--ray-address", help="Ray cluster address (default: a local Ray instance)")
@@ -90,18 +97,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", metavar="DIR", help="continue the search in DIR with its stored settings")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON lines (one per target)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    # a setting left out is absent from the namespace: new runs take the default, resumed runs the stored value
+    for action in parser._actions:
+        if action.dest in SETTING_OPTIONS:
+            action.default = argparse.SUPPRESS
     parser.set_defaults(func=_search)
 
 
 def _given(args: argparse.Namespace) -> dict:
     """Settings given on the command line (options left out are None)."""
-    names = ("algo", "space", "seed", "population", "generations", "trials", "image_size", "tap", "window",
-             "workers", "ray_address")
-    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    given = {name: getattr(args, name) for name in SETTING_OPTIONS if hasattr(args, name)}
     if args.target is not None:
         given["targets"] = tuple(t.strip() for t in args.target.split(","))
     if args.budget is not None:
         given["budgets_ms"] = args.budget
+    if args.predictor and args.supernet:
+        raise ValueError("give --supernet (with --data) or --predictor, not both")
+    if bool(args.supernet) != bool(args.data):
+        raise ValueError("--supernet and --data go together (the supernet is scored on the data)")
+    if args.predictor:
+        given["scorer"] = {"name": "predictor", "path": str(Path(args.predictor).resolve())}
+    elif args.supernet:
+        given["scorer"] = {"name": "supernet", "checkpoint": str(Path(args.supernet).resolve()), "data": args.data,
+                           "window": given.get("window", DEFAULTS.window)}
     return given
 
 

@@ -19,7 +19,7 @@ class Scorer(Protocol):
     kind: str  # proxy | supernet | predictor
     description: str
 
-    def score(self, arch: ArchConfig) -> float: ...
+    def scores(self, archs: list[ArchConfig]) -> list[float]: ...
 
     def recipe(self) -> dict: ...
 
@@ -27,8 +27,10 @@ class Scorer(Protocol):
 def build_scorer(recipe: dict) -> Scorer:
     """The scorer a recipe describes: {"name": ..., **its arguments}."""
     from nas.scores.naswot import NaswotScorer
+    from nas.scores.predictor import PredictorScorer
+    from nas.scores.supernet import SupernetScorer
 
-    scorers: dict[str, type] = {NaswotScorer.name: NaswotScorer}
+    scorers: dict[str, type] = {s.name: s for s in (NaswotScorer, SupernetScorer, PredictorScorer)}
     args = dict(recipe)
     name = args.pop("name", None)
     if name not in scorers:

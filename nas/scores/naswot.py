@@ -46,6 +46,9 @@ class NaswotScorer:
             self._batches[(h, w)] = photo_batch((h, w), self.crops_per_photo, self.seed)
         return self._batches[(h, w)]
 
+    def scores(self, archs: list[ArchConfig]) -> list[float]:
+        return [self.score(arch) for arch in archs]
+
     @torch.no_grad()
     def score(self, arch: ArchConfig) -> float:
         images = self._images(arch)

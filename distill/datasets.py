@@ -1,0 +1,127 @@
+"""Single-instance segmentation samples: interactive benchmark folders and synthetic shapes.
+
+A dataset is named by a spec string, the same everywhere (`nas search --data`, `nas eval`):
+
+- `grabcut:PATH` — RITM's GrabCut layout: `data_GT/<name>.jpg|.bmp` images and `boundary_GT/<name>.bmp`
+  masks (255 object, 0 background, 128 an uncertain band that scoring ignores);
+- `davis:PATH` — RITM's DAVIS layout: `img/<id>.jpg` and `gt/<id>.png` (1 object, 0 background);
+- `synthetic:N[:SIZE]` — N generated images of SIZE px (default 96) with one filled shape each.
+
+An unreadable image or mask is skipped with a counted warning, never a crash mid-epoch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+class DatasetError(ValueError):
+    """A malformed dataset spec or a folder without the expected layout."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    mask: np.ndarray  # (H, W) bool, the instance
+    ignore: np.ndarray | None = None  # (H, W) bool, pixels left out of IoU (GrabCut's uncertain band)
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _read_gray(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("L"))
+
+
+class FolderDataset:
+    """Image/mask pairs of an interactive benchmark folder (GrabCut or DAVIS layout)."""
+
+    LAYOUTS = {"grabcut": ("data_GT", "boundary_GT", ".bmp"), "davis": ("img", "gt", ".png")}
+
+    def __init__(self, kind: str, root: str | Path, limit: int | None = None):
+        self.kind, self.root = kind, Path(root)
+        images, masks, mask_suffix = self.LAYOUTS[kind]
+        if not (self.root / images).is_dir() or not (self.root / masks).is_dir():
+            raise DatasetError(f"{root}: not a {kind} folder (expected {images}/ and {masks}/)")
+        self.pairs = [(p, self.root / masks / (p.stem + mask_suffix))
+                      for p in sorted((self.root / images).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+        self.pairs = [(i, m) for i, m in self.pairs if m.is_file()][:limit]
+        if not self.pairs:
+            raise DatasetError(f"{root}: no image with a matching mask in {images}/ and {masks}/")
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __iter__(self) -> Iterator[Sample]:
+        for image_path, mask_path in self.pairs:
+            try:
+                image, raw = _read_rgb(image_path), _read_gray(mask_path)
+                if image.shape[:2] != raw.shape:
+                    raise ValueError(f"mask {raw.shape} and image {image.shape[:2]} differ in size")
+            except (OSError, ValueError) as err:
+                self.skipped += 1
+                warnings.warn(f"skipping {image_path.name} ({self.skipped} skipped so far): {err}", stacklevel=2)
+                continue
+            if self.kind == "grabcut":
+                yield Sample(image_path.stem, image, raw > 192, (raw > 64) & (raw < 192))
+            else:
+                yield Sample(image_path.stem, image, raw > 0)
+
+
+class SyntheticShapes:
+    """Textured backgrounds with one filled ellipse or rectangle each; deterministic for a seed."""
+
+    def __init__(self, n: int, size: int = 96, seed: int = 0):
+        self.n, self.size, self.seed = n, size, seed
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[Sample]:
+        for i in range(self.n):
+            rng = np.random.default_rng([self.seed, i])
+            s = self.size
+            yy, xx = np.mgrid[:s, :s]
+            cy, cx = rng.uniform(0.3, 0.7, 2) * s
+            ry, rx = rng.uniform(0.12, 0.3, 2) * s
+            if rng.random() < 0.5:
+                mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+            else:
+                mask = (abs(yy - cy) <= ry) & (abs(xx - cx) <= rx)
+            background = rng.integers(0, 256, 3)
+            image = np.clip(background + rng.normal(0, 20, (s, s, 3)), 0, 255)
+            image[mask] = np.clip(rng.integers(0, 256, 3) + rng.normal(0, 20, (int(mask.sum()), 3)), 0, 255)
+            yield Sample(f"synthetic{i:05d}", image.astype(np.uint8), mask)
+
+
+def load_dataset(spec: str, limit: int | None = None) -> FolderDataset | SyntheticShapes:
+    """The dataset a spec names (see the module docstring)."""
+    kind, _, rest = spec.partition(":")
+    if kind in FolderDataset.LAYOUTS and rest:
+        return FolderDataset(kind, rest, limit)
+    if kind == "synthetic":
+        try:
+            n, size = (int(v) for v in (rest.split(":") + ["96"])[:2])
+        except ValueError:
+            raise DatasetError(f"dataset spec {spec!r}: expected synthetic:N[:SIZE]") from None
+        if n < 1 or size < 32:
+            raise DatasetError(f"dataset spec {spec!r}: need N >= 1 images of SIZE >= 32 px")
+        return SyntheticShapes(min(n, limit or n), size)
+    raise DatasetError(f"unknown dataset spec {spec!r}; use grabcut:PATH, davis:PATH or synthetic:N[:SIZE]")

@@ -1,0 +1,167 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from distill.datasets import DatasetError, SyntheticShapes, load_dataset
+from nas.cli import main
+from nas.scores import build_scorer
+from nas.scores.predictor import PredictorScorer, fit_predictor, load_predictor, read_pairs, save_predictor
+from nas.scores.supernet import SupernetScorer
+from nas.tap_metrics import instance_taps, mask_iou
+from search_spaces import ArchConfig
+from search_spaces.batchnorm import recalibrate_bn
+from search_spaces.checkpoint import CheckpointError, load_supernet, save_supernet
+from search_spaces.supernet import TraceNetSupernet
+
+TINY = "tracenet_tiny"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def tiny_supernet(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_supernet(TraceNetSupernet(TINY), tmp_path_factory.mktemp("supernet") / "supernet.pt")
+
+
+def test_mask_iou_ignores_the_uncertain_band():
+    gt = np.zeros((4, 4), bool)
+    gt[:2] = True
+    pred = np.zeros((4, 4), bool)
+    pred[:3] = True
+    assert mask_iou(pred, gt) == pytest.approx(8 / 12)
+    band = np.zeros((4, 4), bool)
+    band[2] = True
+    assert mask_iou(pred, gt, band) == 1.0
+    assert mask_iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == 1.0
+
+
+def test_instance_taps_fall_inside_the_instance():
+    mask = np.zeros((20, 30), bool)
+    mask[5:8, 10:12] = True
+    taps = instance_taps(mask, 50, np.random.default_rng(0))
+    assert all(mask[int(y), int(x)] for x, y in taps) and len(set(taps)) == 6  # every pixel of the 3x2 block
+    with pytest.raises(ValueError, match="empty"):
+        instance_taps(np.zeros((3, 3), bool), 1, np.random.default_rng(0))
+
+
+def test_recalibrate_bn_sets_the_average_of_batch_statistics():
+    bn = nn.BatchNorm2d(1)
+    batches = [(torch.full((1, 1, 2, 2), 2.0),), (torch.full((1, 1, 2, 2), 4.0),)]
+    assert recalibrate_bn(bn, batches) == 2
+    assert bn.running_mean.item() == pytest.approx(3.0) and not bn.training and bn.momentum == 0.1
+
+
+def test_synthetic_shapes_are_deterministic_and_hold_one_instance():
+    a, b = list(SyntheticShapes(3, 64, seed=1)), list(SyntheticShapes(3, 64, seed=1))
+    assert all((x.image == y.image).all() and (x.mask == y.mask).all() for x, y in zip(a, b, strict=True))
+    assert all(s.image.shape == (64, 64, 3) and s.image.dtype == np.uint8 and 0 < s.mask.sum() < 64 * 64 for s in a)
+
+
+def test_folder_dataset_skips_corrupt_images_with_a_warning(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "gt").mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "img" / f"{name}.jpg")
+        Image.fromarray(np.eye(8, dtype=np.uint8)).save(tmp_path / "gt" / f"{name}.png")
+    (tmp_path / "img" / "b.jpg").write_bytes(b"not a jpeg")
+    dataset = load_dataset(f"davis:{tmp_path}")
+    with pytest.warns(UserWarning, match="skipping b.jpg"):
+        samples = list(dataset)
+    assert [s.name for s in samples] == ["a"] and dataset.skipped == 1 and samples[0].mask.sum() == 8
+
+
+@pytest.mark.parametrize("spec", ["davis:/nonexistent", "coco", "synthetic:x", "synthetic:0"])
+def test_bad_dataset_specs(spec):
+    with pytest.raises(DatasetError):
+        load_dataset(spec)
+
+
+@pytest.mark.skipif(not (SHARED / "GrabCut").is_dir(), reason="../shared/data not present")
+def test_real_benchmark_folders_read():
+    grabcut = list(load_dataset(f"grabcut:{SHARED / 'GrabCut'}"))
+    assert len(grabcut) == 50 and all(s.mask.any() and not (s.mask & s.ignore).any() for s in grabcut)
+    assert any(s.ignore.any() for s in grabcut)  # the 128 band of most masks
+    davis = list(load_dataset(f"davis:{SHARED / 'DAVIS'}", limit=2))
+    assert davis[0].image.shape[:2] == davis[0].mask.shape and davis[0].ignore is None and davis[0].mask.any()
+
+
+def test_supernet_checkpoint_round_trip_and_errors(tmp_path, tiny_supernet):
+    loaded = load_supernet(tiny_supernet)
+    reference = TraceNetSupernet(TINY)
+    reference.load_state_dict(torch.load(tiny_supernet, weights_only=True)["state_dict"])
+    arch = ArchConfig.sample(2, TINY)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.extract(arch).state_dict().values(),
+                                                 reference.extract(arch).state_dict().values(), strict=True))
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_supernet(tmp_path / "bad.pt")
+
+
+def test_supernet_scorer_is_miou_t_and_deterministic(tiny_supernet):
+    scorer = SupernetScorer(str(tiny_supernet), "synthetic:4:64", images=4, taps=2, calibration_images=2)
+    archs = [ArchConfig.sample(i, TINY) for i in range(3)]
+    first = scorer.scores(archs)
+    assert all(0.0 <= s <= 1.0 for s in first) and first == scorer.scores(archs)
+    assert build_scorer(scorer.recipe()).scores(archs[:1]) == first[:1]
+    assert len(scorer.samples) == 4 and all(len(taps) == 2 for _, taps in scorer.samples)
+
+
+def _linear_pairs(n: int, seed: int = 0) -> tuple[list[ArchConfig], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    archs = [ArchConfig.sample(rng, TINY) for _ in range(n)]
+    weights = np.random.default_rng(99).normal(size=archs[0].encode().shape)
+    return archs, np.array([a.encode() @ weights for a in archs], dtype=np.float32)
+
+
+def test_predictor_learns_a_known_function_and_round_trips(tmp_path):
+    archs, scores = _linear_pairs(300)
+    model, report = fit_predictor(archs, scores, hidden=(64, 64), epochs=300)
+    assert report.n_heldout == 60 and report.heldout_spearman > 0.9
+    path = save_predictor(model, tmp_path / "p.pt", report)
+    scorer = PredictorScorer(str(path))
+    test = [ArchConfig.sample(1000 + i, TINY) for i in range(5)]
+    assert scorer.scores(test) == pytest.approx([float(v) for v in model.predict(test)], rel=1e-6)
+    assert load_predictor(path)[1]["heldout_spearman"] == pytest.approx(report.heldout_spearman)
+    with pytest.raises(ValueError, match="too few"):
+        fit_predictor(archs[:5], scores[:5])
+
+
+def test_predictor_cli_collect_fit_and_search(tmp_path, tiny_supernet, tiny_table_path, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    common = ["predictor", "collect", "--supernet", str(tiny_supernet), "--data", "synthetic:2:64", "--images", "2",
+              "--taps", "1", "--out", str(pairs)]
+    assert main([*common, "--n", "6"]) == 0
+    assert main([*common, "--n", "12"]) == 0  # continues: 6 more, the first 6 unchanged
+    archs, scores = read_pairs(pairs)
+    rng = np.random.default_rng(0)
+    assert archs == [ArchConfig.sample(rng, TINY) for _ in range(12)]  # no repeats, no gaps
+    capsys.readouterr()
+    assert main(["predictor", "fit", str(pairs), "--out", str(tmp_path / "p.pt"), "--hidden", "16",
+                 "--epochs", "20", "--heldout", "0.25", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n_heldout"] == 3 and -1 <= report["heldout_spearman"] <= 1
+    assert main(["search", "--target", str(tiny_table_path), "--budget", "1.7", "--space", TINY, "--population",
+                 "4", "--generations", "1", "--predictor", str(tmp_path / "p.pt"), "--out", str(tmp_path / "s"),
+                 "--quiet"]) == 0
+    best = json.loads((tmp_path / "s" / "best_arch.json").read_text())
+    assert best["score_kind"] == "predictor" and "held-out Spearman" in best["score_description"]
+    pairs.write_text("{not json\n")
+    assert main(["predictor", "fit", str(pairs), "--out", str(tmp_path / "q.pt")]) == 2
+    assert not (tmp_path / "q.pt").exists()
+
+
+def test_search_with_a_supernet_score(tmp_path, tiny_supernet, tiny_table_path, capsys):
+    argv = ["search", "--target", str(tiny_table_path), "--budget", "1.7", "--space", TINY, "--population", "4",
+            "--generations", "1", "--out", str(tmp_path / "s"), "--quiet"]
+    assert main([*argv, "--supernet", str(tiny_supernet)]) == 2
+    assert "--supernet and --data go together" in capsys.readouterr().err
+    assert main([*argv, "--supernet", str(tiny_supernet), "--data", "synthetic:2:64"]) == 0
+    best = json.loads((tmp_path / "s" / "best_arch.json").read_text())
+    assert best["score_kind"] == "supernet" and 0 <= best["score"] <= 1
+    assert "score     " in capsys.readouterr().out
