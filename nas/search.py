@@ -64,6 +64,7 @@ class SearchSettings:
     window: float | None = 0.5
     workers: int = 1
     ray_address: str | None = None
+    storage: str | None = None  # Optuna RDB URL; None: sqlite study.db in the run directory
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(self.targets))
@@ -150,21 +151,29 @@ def check_budgets(settings: SearchSettings) -> list[tuple[str, LatencyTable, Lat
     return resolved
 
 
+def _storage(url: str) -> optuna.storages.RDBStorage:
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as err:  # SQLAlchemy raises its own types for bad URLs and unreachable servers
+        raise ValueError(f"storage {url!r}: {type(err).__name__}: {err}") from None
+
+
 def run_search(settings: SearchSettings, out_dir: str | Path, resume: bool = False,
                progress: bool = True) -> list[TargetResult]:
     """Search every target of `settings`; write the result files under `out_dir` (see `nas search --help`)."""
     out = Path(out_dir)
-    if not resume and (out / STUDY_FILE).exists():
+    if not resume and (out / CONFIG_FILE).exists():
         raise FileExistsError(f"{out} already holds a search; pass it to --resume or choose another --out")
     targets = check_budgets(settings)  # before anything is written
+    storage = _storage(settings.storage) if settings.storage else None
     pool = ScorePool(settings.scorer, settings.workers, settings.ray_address)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        storage = storage or _storage(f"sqlite:///{(out / STUDY_FILE).resolve()}")
         atomic_write(out / CONFIG_FILE, lambda f: f.write(json.dumps({
             "settings": settings.to_dict(), "tool_version": __version__, "optuna_version": optuna.__version__,
             "score": {"name": pool.scorer.name, "kind": pool.scorer.kind, "description": pool.scorer.description},
             "latency_setting": settings.setting().describe()}, indent=1).encode()))
-        storage = optuna.storages.RDBStorage(f"sqlite:///{(out / STUDY_FILE).resolve()}")
         results = []
         with open(out / LOG_FILE, "a") as log:
             log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {'resume' if resume else 'start'} "

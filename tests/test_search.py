@@ -151,6 +151,7 @@ def test_one_run_searches_several_targets(tmp_path, tiny_table_path):
     (["--budget", "5ms,6ms,7ms"], "one budget, or one per target"),
     (["--budget", "5 parsecs"], "must be a latency like 5ms"),
     (["--budget", "5ms", "--window", "2"], "window must be a fraction"),
+    (["--budget", "5ms", "--storage", "nosuchdb://x"], "storage 'nosuchdb://x'"),
 ])
 def test_search_errors_exit_2_and_write_nothing(tmp_path, tiny_table_path, capsys, argv, needle):
     argv = (["--target", str(tiny_table_path)] if "--target" not in argv else []) + argv

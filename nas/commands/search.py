@@ -16,7 +16,7 @@ DEFAULTS = SearchSettings(targets=("-",), budgets_ms=(1.0,))
 # options a resumed run may change; the others must match the stored settings
 RESUMABLE = {"generations", "trials", "workers", "ray_address"}
 SETTING_OPTIONS = ("algo", "space", "seed", "population", "generations", "trials", "image_size", "tap", "window",
-                   "workers", "ray_address")
+                   "workers", "ray_address", "storage")
 
 EPILOG = """examples:
   nas search --target iphone13 --budget 5ms
@@ -93,6 +93,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=positive_int, help="score candidates on N Ray workers (default 1: in "
                                                              "this process)")
     parser.add_argument("--ray-address", help="Ray cluster address (default: a local Ray instance)")
+    parser.add_argument("--storage", help="Optuna RDB URL for the studies, e.g. postgresql://... shared by a "
+                                          "cluster (default: sqlite study.db in the run directory)")
     parser.add_argument("--out", help="run directory (default runs/search/<target>-<budget>-<time>)")
     parser.add_argument("--resume", metavar="DIR", help="continue the search in DIR with its stored settings")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON lines (one per target)")
@@ -162,7 +164,7 @@ def _search(args: argparse.Namespace) -> int:
         best = json.loads(result.files["best_arch"].read_text())
         if args.json:
             print(json.dumps(best | {"files": {k: str(v) for k, v in result.files.items()},
-                                     "study": str(run_dir / "study.db"), "seconds": elapsed}))
+                                     "study": settings.storage or str(run_dir / "study.db"), "seconds": elapsed}))
             continue
         table = best["table"]
         error = (f"{100 * table['error_mape']:.1f}% calibration error (leave-one-out)"
@@ -176,6 +178,6 @@ def _search(args: argparse.Namespace) -> int:
         print(f"  pareto    {len(result.front)} architectures on the front")
         print(f"  files     {result.files['best_arch'].parent}/{{best_arch.json,pareto.csv,pareto.png}}")
     if not args.json:
-        print(f"study {run_dir / 'study.db'} (optuna-dashboard sqlite:///{run_dir / 'study.db'}); "
-              f"{elapsed:.0f} s")
+        storage = settings.storage or f"sqlite:///{run_dir / 'study.db'}"
+        print(f"studies in {storage} (view: optuna-dashboard {storage}); {elapsed:.0f} s")
     return 0

@@ -1,0 +1,124 @@
+"""Once-for-All's search scenario, timed with TraceNAS's evolutionary search (issue C benchmark).
+
+Once-for-All searches its MobileNetV3 space for a Samsung Note10 under 25 ms with an accuracy
+predictor (an MLP with 3 hidden layers of 400) and a per-block latency table; its paper reports
+22 s on a CPU for that search (evolution: population 100, 500 generations, parents 25 %,
+mutations 50 %, mutation probability 0.1). We run the same search on the same table: the real
+Note10 per-block tables imported from ../shared/latency_reference/ofa_note10 (read at run time),
+with TraceNAS's `Evolution`, `ScorePool` and an `AccuracyPredictor` of the same size.
+
+The predictor's weights are fitted here on synthetic pairs (a fixed random linear function of the
+architecture encoding): no Once-for-All accuracy data ships with TraceNAS, and the search's wall
+time does not depend on what the predictor learnt. Our space uses OFA's per-block choices (depth
+2-4, kernel 3/5/7, expand 3/4/6, OFA's fixed SE and activation per stage) at resolutions 160, 192
+and 224 (TraceNAS spaces need multiples of 32; OFA also searches the 16-px steps between).
+
+Reported: time to the final best (convergence) and total time of the 500 generations.
+
+usage: python benchmarks/ofa_evolution_speed.py [--budget 25] [--generations 500] [--population 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+
+from nas.evaluation import ScorePool
+from nas.latency_import import import_tables, ofa_net_keys
+from nas.scores.predictor import fit_predictor, save_predictor
+from nas.search_algorithms import Evolution, SearchProblem
+from search_spaces.arch_config import ArchConfig
+from search_spaces.space import SpaceSpec, StageSpec, register_space
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "latency_reference" / "ofa_note10"
+PUBLISHED_SECONDS = 22.0  # Once-for-All (Cai et al., ICLR 2020): search on CPU with the accuracy predictor
+# Once-for-All MobileNetV3 w1.2: output channels, stride, activation and SE of each stage
+OFA_STAGES = ((32, 2, "relu", False), (48, 2, "relu", True), (96, 2, "hswish", False), (136, 1, "hswish", True),
+              (192, 2, "hswish", True))
+SPACE = register_space(SpaceSpec(
+    name="ofa_mbv3_w12", description="Once-for-All MobileNetV3 w1.2 per-block choices (benchmark only)",
+    stages=tuple(StageSpec(c, s, act) for c, s, act, _ in OFA_STAGES), resolutions=(160, 192, 224),
+    width_mults=(1.0,), depths=(2, 3, 4), kernels=(3, 5, 7), expands=(3, 4, 6), fpn_channels=(32,),
+    mask_channels=(8,), dyn_layers=(1,), se=(False,), stem_channels=24))
+
+
+def ofa_net_config(arch: ArchConfig) -> dict:
+    """The architecture as an OFA net.config (OFA's fixed SE and activation per stage)."""
+    blocks, cin = [{"mobile_inverted_conv": {"in_channels": 24, "out_channels": 24, "kernel_size": 3, "stride": 1,
+                                             "expand_ratio": 1, "act_func": "relu", "use_se": False},
+                    "shortcut": {}}], 24
+    for (cout, stride, act, se), ks, es in zip(OFA_STAGES, arch.kernels, arch.expands, strict=True):
+        for b, (k, e) in enumerate(zip(ks, es, strict=True)):
+            s = stride if b == 0 else 1
+            blocks.append({"mobile_inverted_conv": {
+                "in_channels": cin, "out_channels": cout, "kernel_size": k, "stride": s, "expand_ratio": e,
+                "mid_channels": int(np.ceil(cin * e / 8) * 8), "act_func": "h_swish" if act == "hswish" else "relu",
+                "use_se": se}, "shortcut": {} if (s == 1 and cin == cout) else None})
+            cin = cout
+    return {"first_conv": {"in_channels": 3, "out_channels": 24}, "blocks": blocks,
+            "final_expand_layer": {"in_channels": 192, "out_channels": 1152},
+            "feature_mix_layer": {"in_channels": 1152, "out_channels": 1536},
+            "classifier": {"in_features": 1536, "out_features": 1000}}
+
+
+class Note10Latency:
+    """Per-block table lookup, as Once-for-All's latency estimator does (memoised like LatencyModel)."""
+
+    def __init__(self, table):
+        self.table, self._cache = table, {}
+
+    def __call__(self, arch: ArchConfig) -> float:
+        if arch not in self._cache:
+            self._cache[arch] = self.table.predict(ofa_net_keys(ofa_net_config(arch), arch.resolution)).total_ms
+        return self._cache[arch]
+
+    def remember(self, arch: ArchConfig, latency_ms: float) -> None:
+        self._cache[arch] = latency_ms
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget", type=float, default=25.0)
+    parser.add_argument("--generations", type=int, default=500)
+    parser.add_argument("--population", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    table = import_tables(sorted(glob.glob(str(SHARED / "*_lookup_table.yaml"))), "ofa", "note10")
+    rng = np.random.default_rng(123)
+    archs = [ArchConfig.sample(rng, SPACE) for _ in range(2000)]
+    weights = np.random.default_rng(7).normal(size=archs[0].encode().shape)
+    model, report = fit_predictor(archs, np.array([a.encode() @ weights for a in archs]), epochs=200)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_predictor(model, Path(tmp) / "predictor.pt", report, source="synthetic pairs")
+        pool = ScorePool({"name": "predictor", "path": str(path)})
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction="maximize")
+    trace: list[tuple[float, float]] = []
+
+    def on_scored(candidate) -> None:
+        if candidate.feasible and (not trace or candidate.score > trace[-1][1]):
+            trace.append((time.perf_counter() - start, candidate.score))
+
+    problem = SearchProblem(SPACE.name, Note10Latency(table), args.budget, pool, study, args.seed,
+                            args.population, on_scored)
+    start = time.perf_counter()
+    Evolution(args.generations).run(problem)
+    total = time.perf_counter() - start
+    best = max(study.get_trials(deepcopy=False), key=lambda t: t.values[0])
+    print(f"OFA scenario: Note10 per-block table, budget {args.budget:g} ms, MLP 3x400 predictor, population "
+          f"{args.population}, {args.generations} generations, seed {args.seed}")
+    print(f"  evaluated {len(study.trials)} architectures; best predicted latency "
+          f"{best.user_attrs['latency_ms']:.2f} ms (<= {args.budget:g})")
+    print(f"  time to the final best: {trace[-1][0]:.2f} s; all generations: {total:.2f} s; published Once-for-All: "
+          f"{PUBLISHED_SECONDS:.0f} s (goal <= {PUBLISHED_SECONDS / 10:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()
