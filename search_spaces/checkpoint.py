@@ -26,7 +26,9 @@ def save_student(model: TraceNetStudent, path: str | Path, **extra: object) -> P
     return atomic_write(path, lambda f: torch.save(payload, f))
 
 
-def _read(path: str | Path, fmt: str, what: str, map_location: str | torch.device) -> dict:
+def read_payload(path: str | Path, fmt: str, what: str, map_location: str | torch.device = "cpu",
+                 version: int = VERSION) -> dict:
+    """A TraceNAS file's dict, read with weights_only; CheckpointError names the file on any problem."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -36,14 +38,14 @@ def _read(path: str | Path, fmt: str, what: str, map_location: str | torch.devic
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         raise CheckpointError(f"{path}: not a TraceNAS {what} checkpoint (format must be '{fmt}')")
-    if payload.get("version") != VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {payload.get('version')} is not supported "
-                              f"(expected {VERSION})")
+    if payload.get("version") != version:
+        raise CheckpointError(f"{path}: {what} version {payload.get('version')} is not supported "
+                              f"(expected {version})")
     return payload
 
 
 def load_student(path: str | Path, map_location: str | torch.device = "cpu") -> TraceNetStudent:
-    payload = _read(path, FORMAT, "student", map_location)
+    payload = read_payload(path, FORMAT, "student", map_location)
     try:
         model = TraceNetStudent(ArchConfig.from_dict(payload["arch"]))
         model.load_state_dict(payload["state_dict"])
@@ -63,7 +65,7 @@ def save_supernet(supernet: TraceNetSupernet, path: str | Path, **extra: object)
 
 
 def load_supernet(path: str | Path, map_location: str | torch.device = "cpu") -> TraceNetSupernet:
-    payload = _read(path, SUPERNET_FORMAT, "supernet", map_location)
+    payload = read_payload(path, SUPERNET_FORMAT, "supernet", map_location)
     try:
         supernet = TraceNetSupernet(payload["space"])
         supernet.load_state_dict(payload["state_dict"])

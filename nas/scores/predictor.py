@@ -18,7 +18,7 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from search_spaces.arch_config import ArchConfig, ArchConfigError
-from search_spaces.checkpoint import CheckpointError
+from search_spaces.checkpoint import CheckpointError, read_payload
 from search_spaces.files import atomic_write
 from search_spaces.space import get_space
 
@@ -114,15 +114,7 @@ def save_predictor(model: AccuracyPredictor, path: str | Path, report: FitReport
 
 
 def load_predictor(path: str | Path) -> tuple[AccuracyPredictor, dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such predictor file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for truncated or foreign files
-        raise CheckpointError(f"{path}: not a readable predictor ({type(err).__name__}: {err})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT or payload.get("version") != VERSION:
-        raise CheckpointError(f"{path}: not a TraceNAS predictor (format '{FORMAT}' version {VERSION})")
+    payload = read_payload(path, FORMAT, "predictor", version=VERSION)
     try:
         model = AccuracyPredictor(payload["space"], tuple(payload["hidden"]))
         model.load_state_dict(payload["state_dict"])
