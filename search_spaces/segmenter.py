@@ -65,9 +65,14 @@ class Segmenter:
                       for cx, cy, pos in ordered]
         return x, torch.tensor([click_rows], dtype=torch.float32, device=self.device), (nh, nw)
 
-    @torch.no_grad()
     def predict(self, image: np.ndarray, clicks: Sequence[Click]) -> tuple[np.ndarray, float]:
         """Mask (H, W) bool and predicted IoU for `clicks` [(x, y, positive)]; the first positive is the tap."""
+        logits, iou = self.predict_logits(image, clicks)
+        return logits > 0, iou
+
+    @torch.no_grad()
+    def predict_logits(self, image: np.ndarray, clicks: Sequence[Click]) -> tuple[np.ndarray, float]:
+        """Mask logits (H, W) float32 (very negative outside the computed window) and predicted IoU."""
         x, click_tensor, (nh, nw) = self.prepare(image, clicks)  # validates image and clicks
         h, w = image.shape[:2]
         ph, pw = x.shape[-2:]
@@ -84,7 +89,7 @@ class Segmenter:
         px = cells.scaled(MASK_STRIDE)
         logits[..., px.y0:px.y1, px.x0:px.x1] = window_logits
         logits = F.interpolate(logits[..., :nh, :nw], size=(h, w), mode="bilinear", align_corners=False)
-        return (logits[0, 0] > 0).cpu().numpy(), float(torch.sigmoid(out.iou[0]))
+        return logits[0, 0].cpu().numpy(), float(torch.sigmoid(out.iou[0]))
 
 
 def _check_image(image: object) -> tuple[int, int]:

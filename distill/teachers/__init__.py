@@ -1,0 +1,51 @@
+"""Teachers: encode an image once, then give mask logits for any click set.
+
+Every teacher has an `id` (it keys the on-disk cache) and two calls:
+`encode(sample) -> Encoded` and `predict(encoded, clicks) -> logits`, where `logits` is a float32
+(h, w) array covering the whole image at the teacher's own resolution (consumers resize it).
+`build_teacher(spec)` makes one from a spec string:
+
+- `gt`: the ground-truth mask as an oracle (labelled data only);
+- `sam:vit_b|vit_l|vit_h:CHECKPOINT` (segment-anything); `sam:tiny` is a random miniature for tests;
+- `tracenas:CHECKPOINT`: a TraceNAS student (self-distillation, e.g. an extracted supernet subnet).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from distill.datasets import Sample
+from distill.prompts import Click
+
+
+class TeacherError(ValueError):
+    """A teacher spec, checkpoint or input that cannot be used."""
+
+
+class Teacher(Protocol):
+    id: str
+
+    def encode(self, sample: Sample) -> Any: ...
+
+    def predict(self, encoded: Any, clicks: list[Click]) -> np.ndarray: ...
+
+
+def build_teacher(spec: str) -> Teacher:
+    kind, _, rest = spec.partition(":")
+    if kind == "gt" and not rest:
+        from distill.teachers.ground_truth import GroundTruthTeacher
+
+        return GroundTruthTeacher()
+    if kind == "sam":
+        from distill.teachers.sam import SamTeacher
+
+        model_type, _, checkpoint = rest.partition(":")
+        return SamTeacher.build(model_type, checkpoint or None)
+    if kind == "tracenas" and rest:
+        from distill.teachers.student import StudentTeacher
+
+        return StudentTeacher(rest)
+    raise TeacherError(f"unknown teacher {spec!r}; use gt, sam:vit_b|vit_l|vit_h:CHECKPOINT, sam:tiny or "
+                       "tracenas:CHECKPOINT")

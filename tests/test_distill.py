@@ -1,0 +1,142 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from distill.config import ConfigError, load_config
+from distill.datasets import SyntheticShapes
+from distill.engine import Trainer
+from distill.losses import LossWeights, distill_losses
+from distill.teacher_cache import TeacherCache
+from distill.teachers import TeacherError, build_teacher
+from distill.teachers.sam import build_tiny_sam
+from experiments import shipped_configs
+from nas.cli import main
+from search_spaces.checkpoint import load_student, load_supernet
+
+FAST = ["train.steps=3", "train.batch_size=2", "data.train=synthetic:6:64", "student.space=tracenet_tiny",
+        "student.arch=smallest", "train.checkpoint_every=2", "train.log_every=1", "train.image_every=1"]
+
+
+def test_every_shipped_config_validates():
+    assert {"smoke", "tracenet_iphone13", "supernet_tracenet_mbv3", "davis_ground_truth"} <= set(shipped_configs())
+    for path in shipped_configs().values():
+        load_config(path)
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["train.lrr=1"], "unknown key 'train.lrr'"),
+    (["train.steps=many"], "train.steps: expected int"),
+    (["train.steps=true"], "train.steps: expected int"),
+    (["prompts.tap_mix=3"], "prompts.tap_mix: expected a mapping"),
+    (["prompts.click_rule=nearest"], "prompts.click_rule"),
+    (["train.steps"], "expected KEY=VALUE"),
+])
+def test_config_errors_name_the_key(overrides, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_config(None, overrides)
+
+
+def test_config_file_errors(tmp_path):
+    (tmp_path / "bad.yaml").write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(tmp_path / "list.yaml")
+    assert load_config(None, ["train.lr=3e-4"]).train.lr == pytest.approx(3e-4)  # YAML 1.1 reads 3e-4 as text
+
+
+def test_losses_on_known_inputs():
+    zeros = torch.zeros(2, 1, 4, 4)
+    losses = distill_losses(zeros, zeros, torch.zeros(2), LossWeights(focal=1.0))
+    n = 16
+    assert float(losses["bce"]) == pytest.approx(math.log(2))
+    assert float(losses["dice"]) == pytest.approx(1 - (0.5 * n + 1) / (n + 1))
+    assert float(losses["focal"]) == pytest.approx(0.25 * math.log(2))  # (1 - p_t)^2 with p_t = 0.5
+    assert float(losses["iou"]) == pytest.approx(0.25)  # predicted 0.5, both masks empty: IoU 1
+    teacher = torch.full((1, 1, 4, 4), -20.0)
+    teacher[..., :2, :] = 20.0
+    perfect = distill_losses(teacher, teacher, torch.tensor([20.0]), LossWeights())
+    assert float(perfect["dice"]) < 1e-3 and float(perfect["bce"]) < 1e-6 and float(perfect["iou"]) < 1e-6
+    weighted = distill_losses(torch.cat([teacher, -teacher]), torch.cat([teacher, teacher]), torch.zeros(2),
+                              LossWeights(), sample_weights=torch.tensor([0.0, 1.0]))
+    assert float(weighted["bce"]) > 5  # only the wrong sample counts
+
+
+def test_smoke_config_learns(tmp_path, capsys):
+    assert main(["distill", "--config", "smoke", "--out", str(tmp_path / "run"), "--quiet", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["loss_last"] < summary["loss_first"] - 0.1
+    assert summary["iou_last"] > summary["iou_first"]
+    model = load_student(tmp_path / "run" / "student.pt")
+    assert model.arch.space == "tracenet_tiny"
+    assert (tmp_path / "run" / "config.yaml").is_file() and any((tmp_path / "run" / "tensorboard").iterdir())
+
+
+def test_resume_gives_the_same_next_step_loss(tmp_path, monkeypatch):
+    config = load_config(None, FAST)
+    straight = Trainer(config, tmp_path / "a", progress=False)
+    straight.fit()
+    crashed = Trainer(config, tmp_path / "b", progress=False)
+    original = Trainer._step_losses
+
+    def crash_at_step_3(self):
+        if self.step == 2:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "_step_losses", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        crashed.fit()
+    monkeypatch.setattr(Trainer, "_step_losses", original)
+    resumed = Trainer(config, tmp_path / "b", resume=True, progress=False)
+    assert resumed.step == 2
+    resumed.fit()
+    assert resumed.history[-1].losses == straight.history[-1].losses
+
+
+def test_cli_errors_exit_2_and_write_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["distill", "--config", "smoke", "--set", "train.nope=1", "--out", str(out)]) == 2
+    assert "unknown key 'train.nope'" in capsys.readouterr().err and not out.exists()
+    assert main(["distill", "--config", "smoke", "--set", "teacher=sam:vit_q:x", "--out", str(out)]) == 2
+    assert "unknown SAM model type" in capsys.readouterr().err and not out.exists()
+    assert main(["distill", "--config", "no_such_config"]) == 2
+    assert main(["distill", "--resume", str(tmp_path / "nothing")]) == 2
+
+
+def test_tiny_sam_teacher_end_to_end_with_cache(tmp_path):
+    teacher = build_teacher("sam:tiny")
+    sample = next(iter(SyntheticShapes(1, 96)))
+    cache = TeacherCache(tmp_path / "cache", teacher)
+    clicks = [(40.0, 40.0, True), (5.0, 5.0, False)]
+    first = cache.logits(sample, clicks)
+    again = TeacherCache(tmp_path / "cache", build_teacher("sam:tiny")).logits(sample, clicks)
+    assert first.shape == (16, 16) and np.array_equal(first, again)
+    assert len(list((tmp_path / "cache").rglob("*.embedding.pt"))) == 1  # the ViT features, cached on disk
+    config = load_config(None, FAST + ["teacher=sam:tiny", "train.steps=2"])
+    summary = Trainer(config, tmp_path / "run", progress=False).fit()
+    assert summary["steps"] == 2 and np.isfinite(summary["loss_last"])
+
+
+def test_sam_checkpoint_of_another_model_type_fails_clearly(tmp_path):
+    torch.save(build_tiny_sam().state_dict(), tmp_path / "tiny_sam.pth")
+    with pytest.raises(TeacherError, match="does not match SAM vit_b"):
+        build_teacher(f"sam:vit_b:{tmp_path / 'tiny_sam.pth'}")
+    with pytest.raises(TeacherError, match="needs a checkpoint"):
+        build_teacher("sam:vit_b")
+    with pytest.raises(TeacherError, match="no such SAM checkpoint"):
+        build_teacher(f"sam:vit_l:{tmp_path / 'missing.pth'}")
+
+
+def test_train_supernet_sandwich_feeds_the_search_scorer(tmp_path, tiny_table_path, capsys):
+    assert main(["train-supernet", "--config", "smoke", "--set", "train.steps=2", "--set", "train.batch_size=2",
+                 "--set", "data.train=synthetic:4:64", "--out", str(tmp_path / "sn"), "--quiet"]) == 0
+    supernet = load_supernet(tmp_path / "sn" / "supernet.pt")
+    assert supernet.spec.name == "tracenet_tiny"
+    assert main(["search", "--target", str(tiny_table_path), "--budget", "1.7", "--space", "tracenet_tiny",
+                 "--population", "4", "--generations", "1", "--supernet", str(tmp_path / "sn" / "supernet.pt"),
+                 "--data", "synthetic:2:64", "--out", str(tmp_path / "s"), "--quiet"]) == 0
