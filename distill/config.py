@@ -97,6 +97,12 @@ class ExperimentConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> ExperimentConfig:
+        config = _build(cls, data)
+        _check_values(config)
+        return config
+
 
 def _convert(value: object, hint: object, path: str) -> object:
     origin = typing.get_origin(hint)
@@ -160,11 +166,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ex
     for assignment in overrides:
         apply_override(data, assignment)
     try:
-        config = _build(ExperimentConfig, data)
+        return ExperimentConfig.from_dict(data)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}" if path else str(err)) from None
-    _check_values(config)
-    return config
 
 
 def _check_values(config: ExperimentConfig) -> None:

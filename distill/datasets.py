@@ -38,14 +38,14 @@ def _read_rgb(path: Path) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+        return np.array(im.convert("RGB"))
 
 
 def _read_gray(path: Path) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as im:
-        return np.asarray(im.convert("L"))
+        return np.array(im.convert("L"))
 
 
 class FolderDataset:

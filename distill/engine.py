@@ -10,7 +10,8 @@ step's subnets see one input resolution, drawn from the space.
 
 Optimiser and cosine schedule come from timm's factories, EMA from timm (`ModelEmaV3`); AMP is used
 on GPU. Checkpoints (`RUN_DIR/checkpoints/last.pt`) hold the model, optimiser, scheduler, EMA and
-random states, so a resumed run continues exactly where it stopped.
+torch random state; a step's batches and clicks are drawn from `default_rng([seed, rank, step])`,
+so a resumed run continues exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from distill.batch import Prepared, click_tensor, network_mask, on_grid, prepare
 from distill.config import ConfigError, ExperimentConfig, StudentConfig
 from distill.datasets import Sample, load_dataset
 from distill.losses import LossWeights, distill_losses, mask_iou
-from distill.prompts import Click, TapMix, draw_rounds, error_click, hard_mask_weights
+from distill.prompts import Click, TapMix, draw_rounds, error_click, hard_mask_weights, tap_interior
 from distill.teacher_cache import TeacherCache
 from distill.teachers import build_teacher
 from search_spaces.arch_config import ArchConfig
@@ -72,13 +73,16 @@ class StepLog:
 
 class Trainer:
     def __init__(self, config: ExperimentConfig, run_dir: str | Path, supernet: bool = False,
-                 resume: bool = False, progress: bool = True):
-        self.config, self.run_dir, self.supernet_mode, self.progress = config, Path(run_dir), supernet, progress
+                 resume: bool = False, progress: bool = True, rank: int = 0, world_size: int = 1):
+        """`rank`/`world_size`: this process's place in a data-parallel group (see `distill.parallel`);
+        every rank draws its own batches, rank 0 writes the logs and checkpoints."""
+        self.config, self.run_dir, self.supernet_mode = config, Path(run_dir), supernet
+        self.rank, self.world_size, self.progress = rank, world_size, progress and rank == 0
         train = config.train
         self.device = torch.device("cuda" if train.device == "auto" and torch.cuda.is_available() else
                                    "cpu" if train.device == "auto" else train.device)
-        torch.manual_seed(train.seed)
-        self.rng = np.random.default_rng(train.seed)
+        torch.manual_seed(train.seed)  # the same initial weights on every rank
+        self.rng = self._step_rng(0)
         self.tap_mix = TapMix(**vars(config.prompts.tap_mix))
         self.weights = LossWeights(**vars(config.loss))
         self.samples = self._load(config.data.train, config.data.limit)
@@ -94,19 +98,31 @@ class Trainer:
             if self.model.arch != self.arch:
                 raise ConfigError(f"student.init holds {self.model.arch}, not the configured student.arch")
         self.model.to(self.device)
-        self.optimizer = create_optimizer_v2(self.model, train.opt, lr=train.lr, weight_decay=train.weight_decay)
+        self.module = self.model  # the bare model: what is saved, extracted and evaluated
+        if world_size > 1:
+            from ray.train.torch import prepare_model
+
+            # subnets of a supernet leave parameters unused; DDP must not wait for their gradients
+            self.model = prepare_model(self.model, parallel_strategy_kwargs={"find_unused_parameters": supernet})
+        self.optimizer = create_optimizer_v2(self.module, train.opt, lr=train.lr, weight_decay=train.weight_decay)
         self.scheduler, _ = create_scheduler_v2(self.optimizer, train.sched, num_epochs=train.steps,
                                                 warmup_epochs=train.warmup_steps)
-        self.ema = ModelEmaV3(self.model, decay=train.ema_decay) if train.ema_decay and not supernet else None
+        self.ema = ModelEmaV3(self.module, decay=train.ema_decay) if train.ema_decay and not supernet else None
         self.amp = train.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
         self.step = 0
         self.history: list[StepLog] = []
         if resume:
             self._load_state()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.run_dir / CONFIG_FILE, lambda f: f.write(yaml.safe_dump(config.to_dict()).encode()))
-        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step or None)
+        self.writer = None
+        if rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.run_dir / CONFIG_FILE, lambda f: f.write(yaml.safe_dump(config.to_dict()).encode()))
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step or None)
+
+    def _step_rng(self, step: int) -> np.random.Generator:
+        """Batches, taps and clicks of a step: a function of (seed, rank, step), so resuming is exact."""
+        return np.random.default_rng([self.config.train.seed, self.rank, step])
 
     @staticmethod
     def _load(spec: str, limit: int | None) -> list[Sample]:
@@ -170,7 +186,7 @@ class Trainer:
         for arch in archs[1:]:  # in-place distillation from the largest subnet
             sub = self._forward(x, click_rows, arch)
             total = total + distill_losses(sub.logits, out.logits.detach(), sub.iou, self.weights)["total"]
-        if self.step % cfg.train.image_every == 0:
+        if self.writer is not None and self.step % cfg.train.image_every == 0:
             self._log_image(batch[0], clicks[0], out.logits[0, 0].detach(), targets[0, 0])
         log = StepLog({k: float(v.detach()) for k, v in losses.items()}, float(ious.mean()),
                       float(np.mean([len(c) for c in clicks])))
@@ -181,9 +197,12 @@ class Trainer:
         cfg = self.config.train
         self.model.train()
         history = self.history = []
+        validating = self.val and not self.supernet_mode and self.rank == 0
+        self.val_before = self.validate(self.module) if validating and self.step == 0 else None
         bar = tqdm(total=cfg.steps, initial=self.step, desc="supernet" if self.supernet_mode else "distill",
                    unit="step", disable=not self.progress, dynamic_ncols=True)
         while self.step < cfg.steps:
+            self.rng = self._step_rng(self.step)
             self.optimizer.zero_grad(set_to_none=True)
             logs = []
             for _ in range(cfg.accumulate):
@@ -199,12 +218,14 @@ class Trainer:
             self.step += 1
             self.scheduler.step(self.step)
             if self.ema is not None:
-                self.ema.update(self.model, step=self.step)
+                self.ema.update(self.module, step=self.step)
             log = StepLog({k: float(np.mean([g.losses[k] for g in logs])) for k in logs[0].losses},
                           float(np.mean([g.iou for g in logs])), float(np.mean([g.clicks for g in logs])))
             history.append(log)
             bar.update()
             bar.set_postfix(loss=f"{log.losses['total']:.4f}", iou=f"{log.iou:.3f}")
+            if self.writer is None:
+                continue
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 for name, value in log.losses.items():
                     self.writer.add_scalar(f"loss/{name}", value, self.step)
@@ -214,14 +235,16 @@ class Trainer:
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self._save_state()
         bar.close()
+        if self.writer is None:
+            return {"steps": self.step}
         summary = self._finish(history)
         self.writer.close()
         return summary
 
     def _finish(self, history: list[StepLog]) -> dict:
-        model = self.ema.module if self.ema is not None else self.model
+        model = self.ema.module if self.ema is not None else self.module
         if self.supernet_mode:
-            path = save_supernet(self.model, self.run_dir / "supernet.pt", steps=self.step)
+            path = save_supernet(self.module, self.run_dir / "supernet.pt", steps=self.step)
         else:
             path = save_student(model, self.run_dir / "student.pt", steps=self.step)
         summary = {"steps": self.step, "checkpoint": str(path)}
@@ -232,6 +255,8 @@ class Trainer:
                         "iou_first": float(np.mean([h.iou for h in history[:k]])),
                         "iou_last": float(np.mean([h.iou for h in history[-k:]]))}
         if self.val and not self.supernet_mode:
+            if self.val_before is not None:
+                summary["val_iou_before"] = self.val_before
             summary["val_iou_vs_teacher"] = self.validate(model)
             self.writer.add_scalar("iou_vs_teacher/val", summary["val_iou_vs_teacher"], self.step)
         metrics = {f"final/{k}": v for k, v in summary.items() if isinstance(v, float)}
@@ -246,8 +271,6 @@ class Trainer:
     @torch.no_grad()
     def validate(self, model: torch.nn.Module) -> float:
         """Mean IoU with the teacher for one fixed interior tap per validation sample."""
-        from distill.prompts import tap_interior
-
         model.eval()
         ious = []
         for i, sample in enumerate(self.val):
@@ -274,10 +297,10 @@ class Trainer:
         self.writer.add_image("masks/teacher_green_model_red", image, self.step, dataformats="HWC")
 
     def _save_state(self) -> None:
-        state = {"format": STATE_FORMAT, "version": 1, "step": self.step, "model": self.model.state_dict(),
+        state = {"format": STATE_FORMAT, "version": 1, "step": self.step, "model": self.module.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "ema": self.ema.state_dict() if self.ema is not None else None,
-                 "numpy_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                 "torch_rng": torch.get_rng_state(),
                  "config": self.config.to_dict()}
         atomic_write(self.run_dir / "checkpoints" / "last.pt", lambda f: torch.save(state, f))
 
@@ -287,11 +310,10 @@ class Trainer:
         stored["train"].pop("steps"), current["train"].pop("steps")  # a resumed run may train longer
         if stored != current:
             raise ConfigError(f"{self.run_dir}: the stored training state was made with another config")
-        self.model.load_state_dict(state["model"])
+        self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
-        self.rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])

@@ -140,3 +140,12 @@ def test_train_supernet_sandwich_feeds_the_search_scorer(tmp_path, tiny_table_pa
     assert main(["search", "--target", str(tiny_table_path), "--budget", "1.7", "--space", "tracenet_tiny",
                  "--population", "4", "--generations", "1", "--supernet", str(tmp_path / "sn" / "supernet.pt"),
                  "--data", "synthetic:2:64", "--out", str(tmp_path / "s"), "--quiet"]) == 0
+
+
+def test_two_ray_train_workers_run_the_smoke_config(tmp_path, capsys):
+    assert main(["distill", "--config", "smoke", "--set", "train.steps=2", "--set", "train.batch_size=2",
+                 "--set", "data.train=synthetic:4:64", "--out", str(tmp_path / "run"), "--workers", "2",
+                 "--quiet", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 2 and np.isfinite(summary["loss_last"])
+    assert load_student(tmp_path / "run" / "student.pt").arch.space == "tracenet_tiny"

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from distill.config import load_config
+from nas.commands.common import positive_int
 
 EPILOG = """examples:
   nas distill --config experiments/smoke.yaml
@@ -35,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                             help="override a config key, e.g. --set train.lr=3e-4 (repeatable)")
         parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+        parser.add_argument("--workers", type=positive_int, default=1,
+                            help="data-parallel workers through Ray Train (default 1: this process)")
+        parser.add_argument("--ray-address", help="Ray cluster address for --workers (default: local)")
         parser.add_argument("--json", action="store_true", help="print the summary as JSON")
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
         parser.set_defaults(func=_run, supernet=supernet)
@@ -72,8 +76,14 @@ def _run(args: argparse.Namespace) -> int:
         run_dir = Path(args.out) if args.out else Path("runs") / args.command / name
         if (run_dir / "checkpoints" / "last.pt").exists():
             raise FileExistsError(f"{run_dir} already holds a run; pass it to --resume or choose another --out")
-    trainer = Trainer(config, run_dir, supernet=args.supernet, resume=bool(args.resume), progress=not args.quiet)
-    summary = trainer.fit()
+    if args.workers > 1:
+        from distill.parallel import train_with_ray
+
+        summary = train_with_ray(config, run_dir, args.workers, args.supernet, bool(args.resume), not args.quiet,
+                                 args.ray_address)
+    else:
+        trainer = Trainer(config, run_dir, supernet=args.supernet, resume=bool(args.resume), progress=not args.quiet)
+        summary = trainer.fit()
     if args.json:
         print(json.dumps(summary | {"run_dir": str(run_dir)}))
     else:
@@ -82,6 +92,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f}; IoU with the teacher "
                   f"{summary['iou_first']:.3f} -> {summary['iou_last']:.3f} (first and last fifth of the steps)")
         if "val_iou_vs_teacher" in summary:
-            print(f"  validation IoU with the teacher (1 interior tap): {summary['val_iou_vs_teacher']:.3f}")
+            before = f"{summary['val_iou_before']:.3f} -> " if "val_iou_before" in summary else ""
+            print(f"  validation IoU with the teacher (1 interior tap): {before}{summary['val_iou_vs_teacher']:.3f}")
         print(f"  tensorboard --logdir {run_dir / 'tensorboard'}")
     return 0
