@@ -5,6 +5,10 @@ A dataset is named by a spec string, the same everywhere (`nas search --data`, `
 - `grabcut:PATH` — RITM's GrabCut layout: `data_GT/<name>.jpg|.bmp` images and `boundary_GT/<name>.bmp`
   masks (255 object, 0 background, 128 an uncertain band that scoring ignores);
 - `davis:PATH` — RITM's DAVIS layout: `img/<id>.jpg` and `gt/<id>.png` (1 object, 0 background);
+- `coco:ANNOTATIONS.json:IMAGE_DIR` / `lvis:ANNOTATIONS.json:IMAGE_DIR` — COCO or LVIS instance
+  annotations (pycocotools reads both formats); every instance is one sample. Crowd regions are
+  skipped, and so are tiny instances: area below `MIN_INSTANCE_PX` pixels or below
+  `MIN_INSTANCE_FRACTION` of the image (a tap on them is not a meaningful one-tap selection);
 - `synthetic:N[:SIZE]` — N generated images of SIZE px (default 96) with one filled shape each.
 
 An unreadable image or mask is skipped with a counted warning, never a crash mid-epoch.
@@ -20,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+MIN_INSTANCE_PX = 32 * 32
+MIN_INSTANCE_FRACTION = 0.005
 
 
 class DatasetError(ValueError):
@@ -76,12 +82,63 @@ class FolderDataset:
                     raise ValueError(f"mask {raw.shape} and image {image.shape[:2]} differ in size")
             except (OSError, ValueError) as err:
                 self.skipped += 1
-                warnings.warn(f"skipping {image_path.name} ({self.skipped} skipped so far): {err}", stacklevel=2)
+                _skip(image_path.name, err, self.skipped)
                 continue
             if self.kind == "grabcut":
                 yield Sample(image_path.stem, image, raw > 192, (raw > 64) & (raw < 192))
             else:
                 yield Sample(image_path.stem, image, raw > 0)
+
+
+def _skip(name: str, err: Exception, count: int) -> None:
+    warnings.warn(f"skipping {name} ({count} skipped so far): {err}", stacklevel=3)
+
+
+class InstanceAnnotations:
+    """COCO / LVIS instance annotations: each kept instance of each image is one sample."""
+
+    def __init__(self, annotations: str | Path, image_dir: str | Path, limit: int | None = None):
+        import contextlib
+        import io
+
+        from pycocotools.coco import COCO
+
+        self.image_dir = Path(image_dir)
+        if not self.image_dir.is_dir():
+            raise DatasetError(f"{image_dir}: no such image folder")
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+                self.coco = COCO(str(annotations))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise DatasetError(f"{annotations}: not readable COCO/LVIS instance annotations ({err})") from None
+        self.instances = []
+        for image_id in sorted(self.coco.imgs):
+            info = self.coco.imgs[image_id]
+            min_area = max(MIN_INSTANCE_PX, MIN_INSTANCE_FRACTION * info["height"] * info["width"])
+            for ann in self.coco.loadAnns(self.coco.getAnnIds(imgIds=[image_id])):
+                if not ann.get("iscrowd", 0) and ann.get("area", 0) >= min_area:
+                    self.instances.append(ann)
+        self.instances = self.instances[:limit]
+        if not self.instances:
+            raise DatasetError(f"{annotations}: no instance passes the size rule")
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        return len(self.instances)
+
+    def __iter__(self) -> Iterator[Sample]:
+        for ann in self.instances:
+            info = self.coco.imgs[ann["image_id"]]
+            name = info.get("file_name") or Path(info.get("coco_url", "")).name  # LVIS names images by URL
+            try:
+                image = _read_rgb(self.image_dir / name)
+                if image.shape[:2] != (info["height"], info["width"]):
+                    raise ValueError(f"image is {image.shape[:2]}, annotations say {(info['height'], info['width'])}")
+            except (OSError, ValueError) as err:
+                self.skipped += 1
+                _skip(name, err, self.skipped)
+                continue
+            yield Sample(f"{Path(name).stem}#{ann['id']}", image, self.coco.annToMask(ann).astype(bool))
 
 
 class SyntheticShapes:
@@ -111,9 +168,14 @@ class SyntheticShapes:
             yield Sample(f"synthetic{i:05d}", image.astype(np.uint8), mask)
 
 
-def load_dataset(spec: str, limit: int | None = None) -> FolderDataset | SyntheticShapes:
+def load_dataset(spec: str, limit: int | None = None) -> FolderDataset | InstanceAnnotations | SyntheticShapes:
     """The dataset a spec names (see the module docstring)."""
     kind, _, rest = spec.partition(":")
+    if kind in ("coco", "lvis"):
+        annotations, sep, image_dir = rest.rpartition(":")
+        if not sep or not annotations:
+            raise DatasetError(f"dataset spec {spec!r}: expected {kind}:ANNOTATIONS.json:IMAGE_DIR")
+        return InstanceAnnotations(annotations, image_dir, limit)
     if kind in FolderDataset.LAYOUTS and rest:
         return FolderDataset(kind, rest, limit)
     if kind == "synthetic":
@@ -124,4 +186,5 @@ def load_dataset(spec: str, limit: int | None = None) -> FolderDataset | Synthet
         if n < 1 or size < 32:
             raise DatasetError(f"dataset spec {spec!r}: need N >= 1 images of SIZE >= 32 px")
         return SyntheticShapes(min(n, limit or n), size)
-    raise DatasetError(f"unknown dataset spec {spec!r}; use grabcut:PATH, davis:PATH or synthetic:N[:SIZE]")
+    raise DatasetError(f"unknown dataset spec {spec!r}; use grabcut:PATH, davis:PATH, coco:ANN.json:IMAGES, "
+                       "lvis:ANN.json:IMAGES or synthetic:N[:SIZE]")

@@ -165,3 +165,35 @@ def test_search_with_a_supernet_score(tmp_path, tiny_supernet, tiny_table_path, 
     best = json.loads((tmp_path / "s" / "best_arch.json").read_text())
     assert best["score_kind"] == "supernet" and 0 <= best["score"] <= 1
     assert "score     " in capsys.readouterr().out
+
+
+def test_coco_instances_become_samples_and_tiny_or_crowd_ones_are_skipped(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.full((100, 120, 3), 90, np.uint8)).save(tmp_path / "images" / "a.jpg")
+    Image.fromarray(np.full((100, 120, 3), 90, np.uint8)).save(tmp_path / "images" / "b.jpg")
+
+    def box(x0, y0, x1, y1):
+        return [[x0, y0, x1, y0, x1, y1, x0, y1]]
+
+    annotations = {
+        "images": [{"id": 1, "file_name": "a.jpg", "height": 100, "width": 120},
+                   {"id": 2, "coco_url": "http://x/b.jpg", "height": 100, "width": 120}],  # LVIS-style name
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [
+            {"id": 10, "image_id": 1, "category_id": 1, "segmentation": box(10, 10, 60, 50), "area": 2000,
+             "bbox": [10, 10, 50, 40], "iscrowd": 0},
+            {"id": 11, "image_id": 1, "category_id": 1, "segmentation": box(0, 0, 5, 5), "area": 25,
+             "bbox": [0, 0, 5, 5], "iscrowd": 0},  # tiny
+            {"id": 12, "image_id": 1, "category_id": 1, "segmentation": box(0, 0, 100, 90), "area": 9000,
+             "bbox": [0, 0, 100, 90], "iscrowd": 1},  # crowd
+            {"id": 20, "image_id": 2, "category_id": 1, "segmentation": box(30, 20, 100, 90), "area": 4900,
+             "bbox": [30, 20, 70, 70]}]}
+    (tmp_path / "ann.json").write_text(json.dumps(annotations))
+    samples = list(load_dataset(f"coco:{tmp_path / 'ann.json'}:{tmp_path / 'images'}"))
+    assert [s.name for s in samples] == ["a#10", "b#20"]
+    assert samples[0].mask[30, 30] and not samples[0].mask[80, 100] and samples[0].mask.shape == (100, 120)
+    assert len(list(load_dataset(f"lvis:{tmp_path / 'ann.json'}:{tmp_path / 'images'}"))) == 2
+    with pytest.raises(DatasetError, match="not readable"):
+        load_dataset(f"coco:{tmp_path / 'images' / 'a.jpg'}:{tmp_path / 'images'}")
