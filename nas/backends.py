@@ -94,6 +94,16 @@ def export_executorch(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> by
     return to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
 
 
+def export_coreml(module: nn.Module, inputs: tuple[torch.Tensor, ...]):
+    """A Core ML ML program (an `MLModel`; `.save(path)` writes an .mlpackage). Conversion runs on any
+    OS; running it needs macOS."""
+    import coremltools as ct
+
+    # core-ATen decompositions: Core ML's converter lacks some ops (e.g. alias) of the un-decomposed graph
+    exported = torch.export.export(module.eval(), inputs).run_decompositions()
+    return ct.convert(exported, convert_to="mlprogram")
+
+
 class ExecutorchXnnpackBackend:
     name = "executorch-xnnpack"
 

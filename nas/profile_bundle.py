@@ -20,7 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from nas import __version__
-from nas.backends import export_executorch, export_onnx
+from nas.backends import export_coreml, export_executorch, export_onnx
 from nas.latency_table import Entry, LatencyTable, LatencyTableError
 from nas.op_keys import OpKey
 from nas.profiler import measure, op_module
@@ -117,11 +117,7 @@ def _export(backend: str, key: OpKey, path: Path) -> list[list[int]]:
     elif backend == "executorch-xnnpack":
         path.write_bytes(export_executorch(module, inputs))
     else:
-        import coremltools as ct
-        import torch
-
-        exported = torch.export.export(module, inputs).run_decompositions({})
-        ct.convert(exported, convert_to="mlprogram").save(str(path))  # conversion runs anywhere; predict needs macOS
+        export_coreml(module, inputs).save(str(path))
     return [list(t.shape) for t in inputs]
 
 

@@ -319,7 +319,10 @@ class ReceptiveFieldTracer:
                 box, s = plan.boxes[node], op.scale
                 src = box.coarsened(s)
                 up = F.interpolate(cropped(node.args[0], src), scale_factor=float(s), mode="nearest")
-                env[node] = up[..., box.y0 - src.y0 * s:box.y1 - src.y0 * s, box.x0 - src.x0 * s:box.x1 - src.x0 * s]
+                top, left = box.y0 - src.y0 * s, box.x0 - src.x0 * s
+                if (top, left, box.h, box.w) != (0, 0, *up.shape[-2:]):  # a full-range slice exports as an alias
+                    up = up[..., top:top + box.h, left:left + box.w]
+                env[node] = up
             else:  # pointwise or local pool: every spatial input cut to this node's region
                 region = functools.partial(cropped, box=plan.boxes[node]) if node in plan.boxes else env.__getitem__
                 args = torch.fx.node.map_arg(node.args, region)
