@@ -8,7 +8,7 @@ import os
 import sys
 
 from nas import __version__
-from nas.commands import distill, eval, export, latency, predictor, profile, search, space
+from nas.commands import demo, distill, eval, export, latency, predictor, profile, search, space
 
 DESCRIPTION = """TraceNAS: find and train tiny TraceNet-style tap-to-segment models for phones.
 
@@ -19,10 +19,10 @@ measure a device's latency table (nas profile) and price architectures on it
 latency budget on a target (nas search --target iphone13 --budget 5ms); distill a
 teacher into it (nas distill --config experiments/smoke.yaml) and train supernets
 (nas train-supernet); evaluate students and teachers (nas eval); export to phone
-runtimes (nas export) and measure them here (nas bench).
+runtimes (nas export), measure them here (nas bench) and try them (nas demo).
 Run 'nas COMMAND --help' for the options of each command."""
 
-COMMANDS = (space, profile, latency, search, predictor, distill, eval, export)
+COMMANDS = (space, profile, latency, search, predictor, distill, eval, export, demo)
 
 
 class Parser(argparse.ArgumentParser):
