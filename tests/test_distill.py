@@ -149,3 +149,15 @@ def test_two_ray_train_workers_run_the_smoke_config(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 2 and np.isfinite(summary["loss_last"])
     assert load_student(tmp_path / "run" / "student.pt").arch.space == "tracenet_tiny"
+
+
+def test_sam2_teacher_when_the_optional_package_is_installed(tmp_path):
+    pytest.importorskip("sam2.build_sam", reason="optional extra tracenas[sam2] not installed")
+    teacher = build_teacher("sam2:test")
+    sample = next(iter(SyntheticShapes(1, 96)))
+    first = TeacherCache(tmp_path, teacher).logits(sample, [(40.0, 40.0, True)])
+    again = TeacherCache(tmp_path, teacher).logits(sample, [(40.0, 40.0, True)])  # from disk
+    assert first.shape == (64, 64) and np.array_equal(first, again)
+    torch.save({"model": {"unrelated": torch.zeros(1)}}, tmp_path / "other.pt")
+    with pytest.raises(TeacherError, match="does not match SAM 2 tiny"):
+        build_teacher(f"sam2:tiny:{tmp_path / 'other.pt'}")

@@ -7,6 +7,7 @@ Every teacher has an `id` (it keys the on-disk cache) and two calls:
 
 - `gt`: the ground-truth mask as an oracle (labelled data only);
 - `sam:vit_b|vit_l|vit_h:CHECKPOINT` (segment-anything); `sam:tiny` is a random miniature for tests;
+- `sam2:tiny|small|base_plus|large:CHECKPOINT` (the optional `sam2` package); `sam2:test` is random;
 - `tracenas:CHECKPOINT`: a TraceNAS student (self-distillation, e.g. an extracted supernet subnet).
 """
 
@@ -43,9 +44,14 @@ def build_teacher(spec: str) -> Teacher:
 
         model_type, _, checkpoint = rest.partition(":")
         return SamTeacher.build(model_type, checkpoint or None)
+    if kind == "sam2":
+        from distill.teachers.sam2 import Sam2Teacher
+
+        size, _, checkpoint = rest.partition(":")
+        return Sam2Teacher.build(size, checkpoint or None)
     if kind == "tracenas" and rest:
         from distill.teachers.student import StudentTeacher
 
         return StudentTeacher(rest)
-    raise TeacherError(f"unknown teacher {spec!r}; use gt, sam:vit_b|vit_l|vit_h:CHECKPOINT, sam:tiny or "
-                       "tracenas:CHECKPOINT")
+    raise TeacherError(f"unknown teacher {spec!r}; use gt, sam:vit_b|vit_l|vit_h:CHECKPOINT, sam:tiny, "
+                       "sam2:tiny|small|base_plus|large:CHECKPOINT or tracenas:CHECKPOINT")
