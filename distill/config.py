@@ -57,6 +57,7 @@ class LossConfig:
     iou: float = 1.0
     temperature: float = 1.0
     focal_gamma: float = 2.0
+    feature: float = 0.0  # feature distillation: teacher image embedding -> student P3 through a 1x1 adapter
 
 
 @dataclass(frozen=True)

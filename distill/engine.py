@@ -32,7 +32,7 @@ from tqdm import tqdm
 from distill.batch import Prepared, click_tensor, network_mask, on_grid, prepare, to_image
 from distill.config import ConfigError, ExperimentConfig, StudentConfig
 from distill.datasets import Sample, load_dataset
-from distill.losses import LossWeights, distill_losses, mask_iou
+from distill.losses import LossWeights, distill_losses, feature_loss, mask_iou
 from distill.prompts import Click, TapMix, draw_rounds, error_click, hard_mask_weights, tap_interior
 from distill.teacher_cache import TeacherCache
 from distill.teachers import build_teacher
@@ -104,7 +104,9 @@ class Trainer:
 
             # subnets of a supernet leave parameters unused; DDP must not wait for their gradients
             self.model = prepare_model(self.model, parallel_strategy_kwargs={"find_unused_parameters": supernet})
-        self.optimizer = create_optimizer_v2(self.module, train.opt, lr=train.lr, weight_decay=train.weight_decay)
+        self.adapter = self._feature_adapter() if config.loss.feature else None
+        trained = self.module if self.adapter is None else torch.nn.ModuleList([self.module, self.adapter])
+        self.optimizer = create_optimizer_v2(trained, train.opt, lr=train.lr, weight_decay=train.weight_decay)
         self.scheduler, _ = create_scheduler_v2(self.optimizer, train.sched, num_epochs=train.steps,
                                                 warmup_epochs=train.warmup_steps)
         self.ema = ModelEmaV3(self.module, decay=train.ema_decay) if train.ema_decay and not supernet else None
@@ -119,6 +121,26 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write(self.run_dir / CONFIG_FILE, lambda f: f.write(yaml.safe_dump(config.to_dict()).encode()))
             self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step or None)
+
+    def _feature_adapter(self) -> torch.nn.Module:
+        """A 1x1 conv from the student's P3 to the teacher's embedding channels; P3 is read by a hook."""
+        if self.supernet_mode or self.world_size > 1:
+            raise ConfigError("loss.feature: feature distillation trains one student in one process "
+                              "(not train-supernet, not --workers > 1)")
+        try:
+            channels = self.teacher.embedding(self.samples[0]).shape[0]
+        except ValueError as err:
+            raise ConfigError(f"loss.feature: {err}") from None
+        self.module.trunk.fpn.register_forward_hook(lambda module, args, out: setattr(self, "_p3", out[0]))
+        return torch.nn.Conv2d(self.arch.fpn_channels, channels, 1).to(self.device)
+
+    def _feature_loss(self, batch: list[Prepared]) -> torch.Tensor:
+        losses = []
+        for i, p in enumerate(batch):
+            cells = (-(-p.hw[0] // MASK_STRIDE), -(-p.hw[1] // MASK_STRIDE))
+            adapted = self.adapter(self._p3[i:i + 1, :, :cells[0], :cells[1]])[0]
+            losses.append(feature_loss(adapted, self.teacher.embedding(p.sample).to(self.device)))
+        return torch.stack(losses).mean()
 
     def _step_rng(self, step: int) -> np.random.Generator:
         """Batches, taps and clicks of a step: a function of (seed, rank, step), so resuming is exact."""
@@ -182,6 +204,9 @@ class Trainer:
             sample_weights = torch.as_tensor(hard_mask_weights(ious.cpu().numpy(), cfg.prompts.hard_mask_weight),
                                              dtype=torch.float32, device=self.device)
         losses = distill_losses(out.logits, targets, out.iou, self.weights, sample_weights)
+        if self.adapter is not None:
+            losses["feature"] = self._feature_loss(batch)
+            losses["total"] = losses["total"] + cfg.loss.feature * losses["feature"]
         total = losses["total"]
         for arch in archs[1:]:  # in-place distillation from the largest subnet
             sub = self._forward(x, click_rows, arch)
@@ -300,6 +325,7 @@ class Trainer:
         state = {"format": STATE_FORMAT, "version": 1, "step": self.step, "model": self.module.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "ema": self.ema.state_dict() if self.ema is not None else None,
+                 "adapter": self.adapter.state_dict() if self.adapter is not None else None,
                  "torch_rng": torch.get_rng_state(),
                  "config": self.config.to_dict()}
         atomic_write(self.run_dir / "checkpoints" / "last.pt", lambda f: torch.save(state, f))
@@ -315,5 +341,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
+        if self.adapter is not None:
+            self.adapter.load_state_dict(state["adapter"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])

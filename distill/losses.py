@@ -22,6 +22,7 @@ class LossWeights:
     iou: float = 1.0
     temperature: float = 1.0
     focal_gamma: float = 2.0
+    feature: float = 0.0  # weight of `feature_loss`, which the engine adds (it needs the student's features)
 
 
 def mask_iou(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -29,6 +30,13 @@ def mask_iou(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torc
     s, t = student_logits.flatten(1) > 0, teacher_logits.flatten(1) > 0
     union = (s | t).sum(1)
     return torch.where(union > 0, (s & t).sum(1) / union.clamp_min(1), torch.ones_like(union, dtype=torch.float))
+
+
+def feature_loss(student_features: torch.Tensor, teacher_embedding: torch.Tensor) -> torch.Tensor:
+    """MSE between adapted student features (C, h, w) resized to the teacher's grid and its embedding (C, H, W)."""
+    resized = F.interpolate(student_features[None].float(), size=teacher_embedding.shape[-2:], mode="bilinear",
+                            align_corners=False)[0]
+    return F.mse_loss(resized, teacher_embedding.float())
 
 
 def distill_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor, iou_logit: torch.Tensor,
@@ -49,5 +57,5 @@ def distill_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor, i
         per_sample["focal"] = ((1 - p_t) ** weights.focal_gamma * bce).mean(1)
     w = sample_weights if sample_weights is not None else torch.ones_like(per_sample["bce"])
     losses = {name: (value * w).sum() / w.sum() for name, value in per_sample.items()}
-    losses["total"] = sum(getattr(weights, name) * value for name, value in losses.items())
+    losses["total"] = sum(getattr(weights, name) * value for name, value in losses.items() if name != "feature")
     return losses

@@ -49,6 +49,13 @@ class TeacherCache:
         atomic_write(path, lambda f: np.save(f, logits))
         return logits.astype(np.float32)  # the value a later hit reads, so runs do not depend on the cache
 
+    def embedding(self, sample: Sample) -> torch.Tensor:
+        """The teacher's image embedding (C, h, w) over the image, for feature distillation."""
+        embed = getattr(self.teacher, "embedding", None)
+        if embed is None:
+            raise ValueError(f"teacher {self.teacher.id} has no image embedding to distil features from")
+        return embed(self._encoded(sample, image_digest(sample.image)))
+
     def _encoded(self, sample: Sample, digest: str) -> Any:
         if self._last is not None and self._last[0] == digest:
             return self._last[1]

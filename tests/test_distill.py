@@ -161,3 +161,17 @@ def test_sam2_teacher_when_the_optional_package_is_installed(tmp_path):
     torch.save({"model": {"unrelated": torch.zeros(1)}}, tmp_path / "other.pt")
     with pytest.raises(TeacherError, match="does not match SAM 2 tiny"):
         build_teacher(f"sam2:tiny:{tmp_path / 'other.pt'}")
+
+
+def test_feature_distillation_through_an_adapter(tmp_path):
+    from distill.losses import feature_loss
+
+    assert float(feature_loss(torch.zeros(3, 4, 4), torch.ones(3, 8, 8))) == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="no image embedding"):
+        Trainer(load_config(None, FAST + ["loss.feature=1.0"]), tmp_path / "gt", progress=False)
+    config = load_config(None, FAST + ["teacher=sam:tiny", "loss.feature=1.0", "train.steps=2"])
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    trainer.fit()
+    assert all(np.isfinite(h.losses["feature"]) and h.losses["feature"] > 0 for h in trainer.history)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["adapter"]["weight"].shape[:2] == (32, trainer.arch.fpn_channels)  # tiny SAM's 32-dim embedding

@@ -84,6 +84,12 @@ class SamTeacher:
         self.predictor.set_image(sample.image)
         return SamEncoded(self.predictor.features, self.predictor.original_size, self.predictor.input_size)
 
+    def embedding(self, encoded: SamEncoded) -> torch.Tensor:
+        """The ViT features (C, h, w) over the image (SAM pads it to a square: drop the padding)."""
+        stride = self.predictor.model.image_encoder.img_size // encoded.features.shape[-1]
+        h, w = encoded.input_size
+        return encoded.features[0, :, :-(-h // stride), :-(-w // stride)]
+
     def save_encoded(self, encoded: SamEncoded) -> dict:
         """The ViT features (float16) and sizes, for the on-disk embedding cache."""
         return {"features": encoded.features.half(), "original_size": list(encoded.original_size),

@@ -73,6 +73,10 @@ class Sam2Teacher:
         features = self.predictor._features
         return Sam2Encoded(features["image_embed"], list(features["high_res_feats"]), self.predictor._orig_hw[0])
 
+    def embedding(self, encoded: Sam2Encoded) -> torch.Tensor:
+        """The image embedding (C, h, w); SAM 2 resizes the image to a square, so it covers the image."""
+        return encoded.image_embed[0]
+
     def save_encoded(self, encoded: Sam2Encoded) -> dict:
         return {"image_embed": encoded.image_embed.half(), "high_res_feats": [f.half() for f in encoded.high_res_feats],
                 "orig_hw": list(encoded.orig_hw)}
