@@ -9,6 +9,8 @@ A dataset is named by a spec string, the same everywhere (`nas search --data`, `
   annotations (pycocotools reads both formats); every instance is one sample. Crowd regions are
   skipped, and so are tiny instances: area below `MIN_INSTANCE_PX` pixels or below
   `MIN_INSTANCE_FRACTION` of the image (a tap on them is not a meaningful one-tap selection);
+- `folder:PATH` — unlabeled images (any of IMAGE_SUFFIXES, recursively): no masks, the teacher makes
+  the targets (`nas distill` only);
 - `synthetic:N[:SIZE]` — N generated images of SIZE px (default 96) with one filled shape each.
 
 An unreadable image or mask is skipped with a counted warning, never a crash mid-epoch.
@@ -17,7 +19,7 @@ An unreadable image or mask is skipped with a counted warning, never a crash mid
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +38,7 @@ class DatasetError(ValueError):
 class Sample:
     name: str
     image: np.ndarray  # (H, W, 3) uint8 RGB
-    mask: np.ndarray  # (H, W) bool, the instance
+    mask: np.ndarray | None  # (H, W) bool, the instance; None for unlabeled images
     ignore: np.ndarray | None = None  # (H, W) bool, pixels left out of IoU (GrabCut's uncertain band)
 
 
@@ -141,6 +143,32 @@ class InstanceAnnotations:
             yield Sample(f"{Path(name).stem}#{ann['id']}", image, self.coco.annToMask(ann).astype(bool))
 
 
+class ImageFolder:
+    """Unlabeled images under a folder (recursively, sorted): samples without masks."""
+
+    def __init__(self, root: str | Path, limit: int | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(f"{root}: no such image folder")
+        self.paths = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+        if not self.paths:
+            raise DatasetError(f"{root}: no image ({', '.join(IMAGE_SUFFIXES)}) in the folder")
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __iter__(self) -> Iterator[Sample]:
+        for path in self.paths:
+            try:
+                image = _read_rgb(path)
+            except (OSError, ValueError) as err:
+                self.skipped += 1
+                _skip(path.name, err, self.skipped)
+                continue
+            yield Sample(str(path.relative_to(self.root)), image, None)
+
+
 class SyntheticShapes:
     """Textured backgrounds with one filled ellipse or rectangle each; deterministic for a seed."""
 
@@ -168,9 +196,12 @@ class SyntheticShapes:
             yield Sample(f"synthetic{i:05d}", image.astype(np.uint8), mask)
 
 
-def load_dataset(spec: str, limit: int | None = None) -> FolderDataset | InstanceAnnotations | SyntheticShapes:
+def load_dataset(spec: str, limit: int | None = None
+                 ) -> FolderDataset | InstanceAnnotations | ImageFolder | SyntheticShapes:
     """The dataset a spec names (see the module docstring)."""
     kind, _, rest = spec.partition(":")
+    if kind == "folder" and rest:
+        return ImageFolder(rest, limit)
     if kind in ("coco", "lvis"):
         annotations, sep, image_dir = rest.rpartition(":")
         if not sep or not annotations:
@@ -187,4 +218,17 @@ def load_dataset(spec: str, limit: int | None = None) -> FolderDataset | Instanc
             raise DatasetError(f"dataset spec {spec!r}: need N >= 1 images of SIZE >= 32 px")
         return SyntheticShapes(min(n, limit or n), size)
     raise DatasetError(f"unknown dataset spec {spec!r}; use grabcut:PATH, davis:PATH, coco:ANN.json:IMAGES, "
-                       "lvis:ANN.json:IMAGES or synthetic:N[:SIZE]")
+                       "lvis:ANN.json:IMAGES, folder:PATH or synthetic:N[:SIZE]")
+
+
+def labelled(samples: Iterable[Sample], spec: str) -> list[Sample]:
+    """The samples with a non-empty instance mask; an error when `spec` holds unlabeled images."""
+    kept = []
+    for sample in samples:
+        if sample.mask is None:
+            raise DatasetError(f"dataset {spec!r} is unlabeled; this needs instance masks")
+        if sample.mask.any():
+            kept.append(sample)
+    if not kept:
+        raise DatasetError(f"dataset {spec!r} has no sample with a non-empty instance mask")
+    return kept

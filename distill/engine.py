@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import yaml
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
@@ -31,7 +32,7 @@ from tqdm import tqdm
 
 from distill.batch import Prepared, click_tensor, network_mask, on_grid, prepare, to_image
 from distill.config import ConfigError, ExperimentConfig, StudentConfig
-from distill.datasets import Sample, load_dataset
+from distill.datasets import Sample, labelled, load_dataset
 from distill.losses import LossWeights, distill_losses, feature_loss, mask_iou
 from distill.prompts import Click, TapMix, draw_rounds, error_click, hard_mask_weights, tap_interior
 from distill.teacher_cache import TeacherCache
@@ -85,8 +86,14 @@ class Trainer:
         self.rng = self._step_rng(0)
         self.tap_mix = TapMix(**vars(config.prompts.tap_mix))
         self.weights = LossWeights(**vars(config.loss))
-        self.samples = self._load(config.data.train, config.data.limit)
-        self.val = self._load(config.data.val, None) if config.data.val else []
+        self.samples = [s for s in load_dataset(config.data.train, config.data.limit)
+                        if s.mask is None or s.mask.any()]
+        if not self.samples:
+            raise ConfigError(f"dataset {config.data.train!r} has no sample with a non-empty instance mask")
+        if config.teacher == "gt" and any(s.mask is None for s in self.samples):
+            raise ConfigError(f"teacher gt needs labelled data; {config.data.train!r} is unlabeled (use a SAM "
+                              "or TraceNAS teacher)")
+        self.val = labelled(load_dataset(config.data.val), config.data.val) if config.data.val else []
         self.teacher = TeacherCache(config.teacher_cache or self.run_dir / "teacher_cache",
                                     build_teacher(config.teacher))
         if supernet:
@@ -146,12 +153,19 @@ class Trainer:
         """Batches, taps and clicks of a step: a function of (seed, rank, step), so resuming is exact."""
         return np.random.default_rng([self.config.train.seed, self.rank, step])
 
-    @staticmethod
-    def _load(spec: str, limit: int | None) -> list[Sample]:
-        samples = [s for s in load_dataset(spec, limit) if s.mask.any()]
-        if not samples:
-            raise ConfigError(f"dataset {spec!r} has no sample with a non-empty instance mask")
-        return samples
+    def _instance(self, sample: Sample) -> np.ndarray:
+        """The mask first taps are drawn in: the label, or for an unlabeled image the teacher's mask for a
+        random point (up to 5 tries; the whole image if the teacher finds nothing)."""
+        if sample.mask is not None:
+            return sample.mask
+        h, w = sample.image.shape[:2]
+        for _ in range(5):
+            tap = (float(self.rng.integers(w)), float(self.rng.integers(h)), True)
+            logits = torch.from_numpy(self.teacher.logits(sample, [tap]))[None, None]
+            mask = (F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)[0, 0] > 0).numpy()
+            if mask.any():
+                return mask
+        return np.ones((h, w), bool)
 
     # ---------------------------------------------------------------- one step
     def _forward(self, x: torch.Tensor, clicks: torch.Tensor, arch: ArchConfig):
@@ -190,7 +204,7 @@ class Trainer:
                                                     for _ in range(cfg.supernet.random_subnets)]
         batch = [prepare(self.samples[i], resolution) for i in self.rng.integers(len(self.samples),
                                                                                   size=cfg.train.batch_size)]
-        clicks = [[(*self.tap_mix.draw(p.sample.mask, self.rng), True)] for p in batch]
+        clicks = [[(*self.tap_mix.draw(self._instance(p.sample), self.rng), True)] for p in batch]
         teacher = [self.teacher.logits(p.sample, c) for p, c in zip(batch, clicks, strict=True)]
         x = torch.stack([p.image for p in batch]).to(self.device)
         self._simulate_clicks(batch, x, clicks, teacher)

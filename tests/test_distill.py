@@ -175,3 +175,37 @@ def test_feature_distillation_through_an_adapter(tmp_path):
     assert all(np.isfinite(h.losses["feature"]) and h.losses["feature"] > 0 for h in trainer.history)
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert state["adapter"]["weight"].shape[:2] == (32, trainer.arch.fpn_channels)  # tiny SAM's 32-dim embedding
+
+
+def test_unlabeled_folder_the_teacher_makes_the_targets(tmp_path, capsys):
+    from PIL import Image
+
+    from distill.datasets import DatasetError, load_dataset
+
+    (tmp_path / "photos" / "sub").mkdir(parents=True)
+    for i, sample in enumerate(SyntheticShapes(3, 64)):
+        Image.fromarray(sample.image).save(tmp_path / "photos" / ("sub" if i else ".") / f"p{i}.png")
+    (tmp_path / "photos" / "broken.jpg").write_bytes(b"nope")
+    dataset = load_dataset(f"folder:{tmp_path / 'photos'}")
+    with pytest.warns(UserWarning, match="skipping broken.jpg"):
+        samples = list(dataset)
+    assert len(samples) == 3 and all(s.mask is None for s in samples)
+    with pytest.raises(ConfigError, match="teacher gt needs labelled data"):
+        Trainer(load_config(None, FAST + [f"data.train=folder:{tmp_path / 'photos'}"]), tmp_path / "gt",
+                progress=False)
+    assert not (tmp_path / "gt").exists()
+    config = load_config(None, FAST + [f"data.train=folder:{tmp_path / 'photos'}", "teacher=sam:tiny",
+                                       "train.steps=2"])
+    assert np.isfinite(Trainer(config, tmp_path / "run", progress=False).fit()["loss_last"])
+    with pytest.raises(DatasetError, match="unlabeled"):
+        from distill.datasets import labelled
+
+        labelled(load_dataset(f"folder:{tmp_path / 'photos'}"), "folder")
+
+
+def test_gradient_accumulation_averages_micro_batches(tmp_path):
+    config = load_config(None, FAST + ["train.accumulate=2", "train.steps=2", "train.ema_decay=0.9"])
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    summary = trainer.fit()
+    assert summary["steps"] == 2 and len(trainer.history) == 2  # two optimiser steps of two micro-batches each
+    assert load_student(tmp_path / "run" / "student.pt").arch == trainer.arch  # the EMA weights are saved

@@ -14,6 +14,8 @@ class GroundTruthTeacher:
     id = "gt"
 
     def encode(self, sample: Sample) -> np.ndarray:
+        if sample.mask is None:
+            raise ValueError(f"the ground-truth teacher needs labelled data; {sample.name} has no mask")
         return sample.mask
 
     def predict(self, encoded: np.ndarray, clicks: list[Click]) -> np.ndarray:

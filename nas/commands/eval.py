@@ -52,16 +52,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from distill.datasets import load_dataset
+    from distill.datasets import labelled, load_dataset
     from nas.eval_noc import noc_protocol
     from nas.eval_predictors import StudentPredictor, TeacherPredictor
     from nas.eval_report import write_report
     from nas.eval_tracenet import tracenet_protocol
 
     predictor = StudentPredictor(args.checkpoint, args.window) if args.checkpoint else TeacherPredictor(args.teacher)
-    samples = [s for s in load_dataset(args.dataset, args.limit) if s.mask.any()]
-    if not samples:
-        raise ValueError(f"{args.dataset}: no sample with a non-empty instance mask")
+    samples = labelled(load_dataset(args.dataset, args.limit), args.dataset)
     out = Path(args.out) if args.out else Path("runs") / "eval" / f"{args.protocol}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.protocol == "noc":
         result = noc_protocol(predictor, samples, args.max_clicks, progress=not args.quiet)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.datasets import Sample, load_dataset
+from distill.datasets import Sample, labelled, load_dataset
 from nas.tap_metrics import instance_taps, mask_iou
 from search_spaces.arch_config import ArchConfig
 from search_spaces.batchnorm import recalibrate_bn
@@ -39,7 +39,7 @@ class SupernetScorer:
                 "seed": self.seed}
 
     def _fixed_taps(self) -> list[tuple[Sample, list[tuple[float, float]]]]:
-        samples = list(load_dataset(self.data, limit=max(self.images, self.calibration_images)))
+        samples = labelled(load_dataset(self.data, limit=max(self.images, self.calibration_images)), self.data)
         return [(s, instance_taps(s.mask, self.taps, np.random.default_rng([self.seed, i])))
                 for i, s in enumerate(samples)]
 
