@@ -14,6 +14,7 @@ done, so a student built on the meta device is enough).
 
 from __future__ import annotations
 
+import operator
 import re
 from dataclasses import dataclass
 
@@ -134,7 +135,7 @@ def trunk_op_keys(tracer: ReceptiveFieldTracer, plan: TracePlan, in_channels: in
                 continue
             kind = "bn" if _act_name(leaf) is None else "act"
             keys.append(OpKey.make(kind, out[-2:], c=out[1], fn=_act_name(leaf) or "bn"))
-        else:
+        elif node.target is not operator.getitem:  # a channel slice is a view: no kernel runs
             name = node.target if isinstance(node.target, str) else node.target.__name__
             keys.append(OpKey.make("eltwise", out[-2:], c=out[1], fn=name.strip("_")))
     return keys

@@ -49,6 +49,7 @@ class SpaceSpec:
     stem_channels: int = 16
     stem_act: str = "hswish"
     dyn_hidden: int = 8
+    backbone: str | None = None  # a timm model name: a fixed, hand-designed backbone (no searchable stages)
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -61,7 +62,10 @@ class SpaceSpec:
             raise ValueError(f"space {self.name!r}: resolutions must be multiples of 32 (total stride)")
         if any(k % 2 == 0 for k in self.kernels):
             raise ValueError(f"space {self.name!r}: kernels must be odd")
-        if math.prod(s.stride for s in self.stages) * 2 != 32:
+        if self.backbone is not None:
+            if self.stages:
+                raise ValueError(f"space {self.name!r}: a fixed backbone has no searchable stages")
+        elif math.prod(s.stride for s in self.stages) * 2 != 32:
             raise ValueError(f"space {self.name!r}: stem (stride 2) and stages must reach stride 32")
 
     @property
@@ -111,13 +115,15 @@ class SpaceSpec:
             "mask_channels": list(self.mask_channels),
             "dyn_layers": list(self.dyn_layers),
             "dyn_hidden": self.dyn_hidden,
-            "feature_stages": list(self.feature_stages),
+            "feature_stages": list(self.feature_stages) if self.backbone is None else [],
+            "backbone": self.backbone,
             "size": self.size(),
         }
 
 
 _SPACES: dict[str, SpaceSpec] = {}
 DEFAULT_SPACE = "tracenet_mbv3"
+FIXED_PREFIX = "fixed:"
 
 
 def register_space(spec: SpaceSpec) -> SpaceSpec:
@@ -129,11 +135,16 @@ def register_space(spec: SpaceSpec) -> SpaceSpec:
 def get_space(space: str | SpaceSpec) -> SpaceSpec:
     if isinstance(space, SpaceSpec):
         return space
+    if space not in _SPACES and space.startswith(FIXED_PREFIX):
+        from search_spaces.fixed import fixed_space  # timm is only needed for fixed backbones
+
+        return register_space(fixed_space(space[len(FIXED_PREFIX):]))
     try:
         return _SPACES[space]
     except KeyError:
         raise UnknownSpaceError(
-            f"unknown space {space!r}; available: {', '.join(sorted(_SPACES))}") from None
+            f"unknown space {space!r}; available: {', '.join(sorted(_SPACES))} or fixed:TIMM_MODEL "
+            "(nas space show --fixed)") from None
 
 
 def list_spaces() -> list[str]:

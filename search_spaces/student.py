@@ -32,7 +32,12 @@ class Trunk(nn.Module):
 
     def __init__(self, arch: ArchConfig):
         super().__init__()
-        self.backbone = Backbone(arch)
+        if arch.spec.backbone is not None:
+            from search_spaces.fixed import TimmBackbone
+
+            self.backbone: nn.Module = TimmBackbone(arch.spec.backbone)
+        else:
+            self.backbone = Backbone(arch)
         self.fpn = FPN(self.backbone.out_channels, arch.fpn_channels)
         self.mask_branch = MaskBranch(arch.fpn_channels, arch.mask_channels)
 

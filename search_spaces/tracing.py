@@ -129,6 +129,16 @@ def _nearest_scale(mode: str, size: object, scale: object, name: str) -> int:
     return int(scales[0])
 
 
+def _channel_slice(node: torch.fx.Node) -> slice | None:
+    """The channel slice of `x[:, a:b]` (a per-pixel channel selection, e.g. GhostNet's), else None."""
+    if node.target is not operator.getitem or not isinstance(node.args[1], tuple):
+        return None
+    index = node.args[1]
+    if len(index) < 2 or not isinstance(index[1], slice) or any(i != slice(None) for i in index[:1] + index[2:]):
+        return None
+    return index[1]
+
+
 @dataclass(frozen=True)
 class _Op:
     kind: str  # input | const | window | pointwise | upsample | local_pool | output
@@ -199,7 +209,7 @@ class ReceptiveFieldTracer:
                 dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
                 if dim not in (1, -3):
                     raise TracingError(f"{name}: only channel concatenation (dim=1) can be traced")
-            if node.target in POINTWISE_FUNCTIONS:
+            if node.target in POINTWISE_FUNCTIONS or _channel_slice(node) is not None:
                 return _Op("pointwise")
         if node.op == "call_method" and node.target in POINTWISE_METHODS:
             return _Op("pointwise")
@@ -245,6 +255,8 @@ class ReceptiveFieldTracer:
             module = self.module.get_submodule(node.target) if node.op == "call_module" else None
             if isinstance(module, nn.Conv2d):
                 channels[node] = module.out_channels
+            elif _channel_slice(node) is not None:
+                channels[node] = len(range(*_channel_slice(node).indices(args[0])))
             elif node.target is torch.cat:
                 channels[node] = sum(args)
             else:  # pooling, upsampling, norms, activations, broadcasting arithmetic

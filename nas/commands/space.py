@@ -29,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Print every choice of a space and how many architectures it holds.")
     add_space_arg(show)
     show.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    show.add_argument("--fixed", action="store_true",
+                      help="list the hand-designed timm backbones usable as fixed:NAME spaces")
     show.set_defaults(func=_show)
 
     sample = actions.add_parser(
@@ -57,14 +59,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.set_defaults(func=_check)
 
 
+def _show_fixed(as_json: bool) -> int:
+    from search_spaces.fixed import FIXED_BACKBONES, describe_fixed
+
+    for name in FIXED_BACKBONES:
+        info = describe_fixed(name)
+        if as_json:
+            print(json.dumps(info))
+        elif info["supported"]:
+            print(f"{info['name']:<28} backbone {info['backbone_params'] / 1e6:5.2f} M params, tracing "
+                  f"{info['tracing']}")
+        else:
+            print(f"{info['name']:<28} not supported yet: {info['reason']}")
+    if not as_json:
+        print("any timm model with stride-8/16/32 features works as fixed:NAME (random initialisation)")
+    return 0
+
+
 def _show(args: argparse.Namespace) -> int:
+    if args.fixed:
+        return _show_fixed(args.json)
     spec = get_space(args.space)
     info = spec.describe()
     if args.json:
         print(json.dumps(info))
         return 0
     print(f"space {spec.name}: {spec.description}")
-    print(f"  stem: {spec.stem_channels} channels, stride 2, {spec.stem_act}")
+    if spec.backbone is None:
+        print(f"  stem: {spec.stem_channels} channels, stride 2, {spec.stem_act}")
+    if spec.backbone is not None:
+        print(f"  backbone: timm {spec.backbone} (fixed)")
     for i, stage in enumerate(spec.stages):
         role = " -> FPN" if i in spec.feature_stages else ""
         print(f"  stage {i}: {stage.channels} channels x width, stride {stage.stride}, {stage.act}{role}")
