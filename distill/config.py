@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from distill.prompts import TapMix
+
 
 class ConfigError(ValueError):
     """A malformed config file, an unknown key or a value of the wrong type."""
@@ -34,16 +36,8 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class TapMixConfig:
-    uniform: float = 0.5
-    interior: float = 0.3
-    boundary: float = 0.2
-    band: float = 4.0
-
-
-@dataclass(frozen=True)
 class PromptConfig:
-    tap_mix: TapMixConfig = field(default_factory=TapMixConfig)
+    tap_mix: TapMix = field(default_factory=TapMix)  # first-tap rules, validated by TapMix itself
     max_rounds: int = 2  # corrective rounds per step, drawn uniformly in 0..max_rounds
     click_rule: str = "center"  # center (RITM) | uniform (EdgeSAM)
     hard_mask_weight: float = 0.0  # TinySAM's hard mask weighting strength (0: off)
@@ -58,6 +52,7 @@ class LossConfig:
     temperature: float = 1.0
     focal_gamma: float = 2.0
     feature: float = 0.0  # feature distillation: teacher image embedding -> student P3 through a 1x1 adapter
+    # (the engine adds the feature term: it needs the student's features)
 
 
 @dataclass(frozen=True)
@@ -135,7 +130,11 @@ def _build(cls: type, data: object, path: str = "") -> object:
     if unknown:
         where = f"{path}." if path else ""
         raise ConfigError(f"unknown key '{where}{unknown[0]}'; allowed: {', '.join(names)}")
-    return cls(**{k: _convert(v, hints[k], f"{path}.{k}" if path else k) for k, v in data.items()})
+    values = {k: _convert(v, hints[k], f"{path}.{k}" if path else k) for k, v in data.items()}
+    try:
+        return cls(**values)
+    except ValueError as err:  # a dataclass that validates its own values (e.g. TapMix)
+        raise ConfigError(f"{path or 'config'}: {err}") from None
 
 
 def apply_override(data: dict, assignment: str) -> dict:

@@ -33,8 +33,8 @@ from tqdm import tqdm
 from distill.batch import Prepared, click_tensor, network_mask, on_grid, prepare, to_image
 from distill.config import ConfigError, ExperimentConfig, StudentConfig
 from distill.datasets import Sample, labelled, load_dataset
-from distill.losses import LossWeights, distill_losses, feature_loss, mask_iou
-from distill.prompts import Click, TapMix, draw_rounds, error_click, hard_mask_weights, tap_interior
+from distill.losses import distill_losses, feature_loss, mask_iou
+from distill.prompts import Click, draw_rounds, error_click, hard_mask_weights, tap_interior
 from distill.teacher_cache import TeacherCache
 from distill.teachers import build_teacher
 from search_spaces.arch_config import ArchConfig
@@ -84,8 +84,7 @@ class Trainer:
                                    "cpu" if train.device == "auto" else train.device)
         torch.manual_seed(train.seed)  # the same initial weights on every rank
         self.rng = self._step_rng(0)
-        self.tap_mix = TapMix(**vars(config.prompts.tap_mix))
-        self.weights = LossWeights(**vars(config.loss))
+        self.tap_mix = config.prompts.tap_mix
         self.samples = [s for s in load_dataset(config.data.train, config.data.limit)
                         if s.mask is None or s.mask.any()]
         if not self.samples:
@@ -217,14 +216,14 @@ class Trainer:
         if cfg.prompts.hard_mask_weight:
             sample_weights = torch.as_tensor(hard_mask_weights(ious.cpu().numpy(), cfg.prompts.hard_mask_weight),
                                              dtype=torch.float32, device=self.device)
-        losses = distill_losses(out.logits, targets, out.iou, self.weights, sample_weights)
+        losses = distill_losses(out.logits, targets, out.iou, self.config.loss, sample_weights)
         if self.adapter is not None:
             losses["feature"] = self._feature_loss(batch)
             losses["total"] = losses["total"] + cfg.loss.feature * losses["feature"]
         total = losses["total"]
         for arch in archs[1:]:  # in-place distillation from the largest subnet
             sub = self._forward(x, click_rows, arch)
-            total = total + distill_losses(sub.logits, out.logits.detach(), sub.iou, self.weights)["total"]
+            total = total + distill_losses(sub.logits, out.logits.detach(), sub.iou, self.config.loss)["total"]
         if self.writer is not None and self.step % cfg.train.image_every == 0:
             self._log_image(batch[0], clicks[0], out.logits[0, 0].detach(), targets[0, 0])
         log = StepLog({k: float(v.detach()) for k, v in losses.items()}, float(ious.mean()),

@@ -8,21 +8,10 @@ mask. Per-sample weights (e.g. `hard_mask_weights`) scale each sample's terms.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class LossWeights:
-    bce: float = 1.0
-    dice: float = 1.0
-    focal: float = 0.0
-    iou: float = 1.0
-    temperature: float = 1.0
-    focal_gamma: float = 2.0
-    feature: float = 0.0  # weight of `feature_loss`, which the engine adds (it needs the student's features)
+from distill.config import LossConfig
 
 
 def mask_iou(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -40,7 +29,7 @@ def feature_loss(student_features: torch.Tensor, teacher_embedding: torch.Tensor
 
 
 def distill_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor, iou_logit: torch.Tensor,
-                   weights: LossWeights, sample_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                   weights: LossConfig, sample_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Each term (weighted mean over samples) and their weighted sum under 'total'."""
     t = weights.temperature
     target = torch.sigmoid(teacher_logits.float() / t).flatten(1)

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from distill.config import ConfigError, load_config
+from distill.config import ConfigError, LossConfig, load_config
 from distill.datasets import SyntheticShapes
 from distill.engine import Trainer
-from distill.losses import LossWeights, distill_losses
+from distill.losses import distill_losses
 from distill.teacher_cache import TeacherCache
 from distill.teachers import TeacherError, build_teacher
 from distill.teachers.sam import build_tiny_sam
@@ -51,7 +51,7 @@ def test_config_file_errors(tmp_path):
 
 def test_losses_on_known_inputs():
     zeros = torch.zeros(2, 1, 4, 4)
-    losses = distill_losses(zeros, zeros, torch.zeros(2), LossWeights(focal=1.0))
+    losses = distill_losses(zeros, zeros, torch.zeros(2), LossConfig(focal=1.0))
     n = 16
     assert float(losses["bce"]) == pytest.approx(math.log(2))
     assert float(losses["dice"]) == pytest.approx(1 - (0.5 * n + 1) / (n + 1))
@@ -59,10 +59,10 @@ def test_losses_on_known_inputs():
     assert float(losses["iou"]) == pytest.approx(0.25)  # predicted 0.5, both masks empty: IoU 1
     teacher = torch.full((1, 1, 4, 4), -20.0)
     teacher[..., :2, :] = 20.0
-    perfect = distill_losses(teacher, teacher, torch.tensor([20.0]), LossWeights())
+    perfect = distill_losses(teacher, teacher, torch.tensor([20.0]), LossConfig())
     assert float(perfect["dice"]) < 1e-3 and float(perfect["bce"]) < 1e-6 and float(perfect["iou"]) < 1e-6
     weighted = distill_losses(torch.cat([teacher, -teacher]), torch.cat([teacher, teacher]), torch.zeros(2),
-                              LossWeights(), sample_weights=torch.tensor([0.0, 1.0]))
+                              LossConfig(), sample_weights=torch.tensor([0.0, 1.0]))
     assert float(weighted["bce"]) > 5  # only the wrong sample counts
 
 
@@ -128,7 +128,7 @@ def test_sam_checkpoint_of_another_model_type_fails_clearly(tmp_path):
         build_teacher(f"sam:vit_b:{tmp_path / 'tiny_sam.pth'}")
     with pytest.raises(TeacherError, match="needs a checkpoint"):
         build_teacher("sam:vit_b")
-    with pytest.raises(TeacherError, match="no such SAM checkpoint"):
+    with pytest.raises(TeacherError, match="no such SAM vit_l checkpoint"):
         build_teacher(f"sam:vit_l:{tmp_path / 'missing.pth'}")
 
 

@@ -12,7 +12,7 @@ import torch
 
 from distill.datasets import Sample
 from distill.prompts import Click
-from distill.teachers import TeacherError
+from distill.teachers import TeacherError, load_weights
 from distill.teachers.student import file_digest
 
 MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "tiny")
@@ -65,18 +65,7 @@ class SamTeacher:
         if not checkpoint:
             raise TeacherError(f"sam:{model_type} needs a checkpoint path (no weights can be downloaded)")
         sam = sam_model_registry[model_type](checkpoint=None)
-        try:
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise TeacherError(f"{checkpoint}: no such SAM checkpoint") from None
-        except Exception as err:  # torch raises many types for truncated or foreign files
-            raise TeacherError(f"{checkpoint}: not a readable checkpoint ({type(err).__name__})") from None
-        try:
-            sam.load_state_dict(state)
-        except (RuntimeError, TypeError) as err:
-            first = str(err).splitlines()[0]
-            raise TeacherError(f"{checkpoint} does not match SAM {model_type} ({first}); is it another model "
-                               "type?") from None
+        load_weights(sam, checkpoint, f"SAM {model_type}")
         return cls(sam, f"sam:{model_type}:{file_digest(checkpoint)}")
 
     @torch.no_grad()

@@ -14,7 +14,7 @@ import torch
 
 from distill.datasets import Sample
 from distill.prompts import Click
-from distill.teachers import TeacherError
+from distill.teachers import TeacherError, load_weights
 from distill.teachers.student import file_digest
 
 CONFIGS = {"tiny": "sam2.1_hiera_t", "small": "sam2.1_hiera_s", "base_plus": "sam2.1_hiera_b+",
@@ -54,17 +54,7 @@ class Sam2Teacher:
         if not checkpoint:
             raise TeacherError(f"sam2:{size} needs a checkpoint path (no weights can be downloaded)")
         model = build_sam2(f"configs/sam2.1/{CONFIGS[size]}.yaml", None, device="cpu")
-        try:
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise TeacherError(f"{checkpoint}: no such SAM 2 checkpoint") from None
-        except Exception as err:  # torch raises many types for truncated or foreign files
-            raise TeacherError(f"{checkpoint}: not a readable checkpoint ({type(err).__name__})") from None
-        try:
-            model.load_state_dict(state["model"] if isinstance(state, dict) and "model" in state else state)
-        except (RuntimeError, TypeError) as err:
-            raise TeacherError(f"{checkpoint} does not match SAM 2 {size} ({str(err).splitlines()[0]}); is it "
-                               "another size?") from None
+        load_weights(model, checkpoint, f"SAM 2 {size}", key="model")  # official files: {"model": state_dict}
         return cls(model, f"sam2:{size}:{file_digest(checkpoint)}")
 
     @torch.no_grad()

@@ -33,3 +33,22 @@ def read_arch(path: str) -> ArchConfig:
         return ArchConfig.from_json(file.read_text())
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
+
+
+def window_fraction(text: str) -> float | None:
+    """An output window as a fraction of the resolution, or 'full' (None)."""
+    if text == "full":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction of the resolution or 'full', got {text!r}") from None
+
+
+def fraction_pair(text: str) -> tuple[float, float]:
+    """'X,Y' fractions of the image (e.g. a tap position)."""
+    try:
+        x, y = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected X,Y fractions of the image, got {text!r}") from None
+    return x, y

@@ -7,16 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from nas.commands.common import positive_int
-
-
-def _window(text: str) -> float | None:
-    if text == "full":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction of the resolution or 'full', got {text!r}") from None
+from nas.commands.common import positive_int, window_fraction
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--protocol", choices=("noc", "tracenet"), default="noc", help="default %(default)s")
     parser.add_argument("--max-clicks", type=positive_int, default=20, help="noc: clicks per image (default 20)")
     parser.add_argument("--taps", type=positive_int, default=16, help="tracenet: taps per instance (default 16)")
-    parser.add_argument("--window", type=_window, default=None,
+    parser.add_argument("--window", type=window_fraction, default=None,
                         help="student output window as a fraction of the resolution (default: full frame)")
     parser.add_argument("--limit", type=positive_int, help="evaluate the first N samples only")
     parser.add_argument("--seed", type=int, default=0, help="tracenet: tap seed (default 0)")

@@ -6,25 +6,8 @@ import argparse
 import json
 
 from nas.backends import BACKENDS
-from nas.commands.common import positive_int, read_arch
+from nas.commands.common import fraction_pair, positive_int, read_arch, window_fraction
 from nas.latency_setting import LatencySetting, parse_image_size
-
-
-def _window(text: str) -> float | None:
-    if text == "full":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction of the resolution or 'full', got {text!r}") from None
-
-
-def _tap(text: str) -> tuple[float, float]:
-    try:
-        x, y = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected X,Y fractions of the image, got {text!r}") from None
-    return x, y
 
 
 def _add_model_and_setting(parser: argparse.ArgumentParser) -> None:
@@ -33,8 +16,8 @@ def _add_model_and_setting(parser: argparse.ArgumentParser) -> None:
     who.add_argument("--arch", help="architecture JSON (random weights: for latency and format checks)")
     parser.add_argument("--image-size", type=parse_image_size,
                         help="network input WIDTHxHEIGHT (default: 4:3 with the long side = resolution)")
-    parser.add_argument("--tap", type=_tap, default=(0.5, 0.5), help="tap as X,Y fractions (default 0.5,0.5)")
-    parser.add_argument("--window", type=_window, default=0.5,
+    parser.add_argument("--tap", type=fraction_pair, default=(0.5, 0.5), help="tap as X,Y fractions (default 0.5,0.5)")
+    parser.add_argument("--window", type=window_fraction, default=0.5,
                         help="output window as a fraction of the resolution, or 'full' (default 0.5)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 

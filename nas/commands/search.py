@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from nas.commands.common import add_space_arg, positive_int
+from nas.commands.common import add_space_arg, fraction_pair, positive_int, window_fraction
 from nas.latency_setting import parse_image_size
 from nas.search import ALGORITHMS, SearchSettings, load_settings, parse_budget, run_search
 from search_spaces.arch_config import ArchConfig
@@ -37,23 +37,6 @@ def _budgets(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _fraction_pair(text: str) -> tuple[float, float]:
-    try:
-        x, y = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected X,Y fractions of the image, got {text!r}") from None
-    return x, y
-
-
-def _window(text: str) -> float | None:
-    if text == "full":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction of the resolution or 'full', got {text!r}") from None
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "search", help="search the best student under a latency budget on a target",
@@ -80,9 +63,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                             f"{DEFAULTS.trials})")
     parser.add_argument("--image-size", type=parse_image_size, help="fix the network input WIDTHxHEIGHT for the "
                                                                     "latency setting (e.g. 1024x768)")
-    parser.add_argument("--tap", type=_fraction_pair, help="tap position as X,Y fractions of the image "
+    parser.add_argument("--tap", type=fraction_pair, help="tap position as X,Y fractions of the image "
                                                            "(default 0.5,0.5)")
-    parser.add_argument("--window", type=_window, help="output window side as a fraction of the resolution, or "
+    parser.add_argument("--window", type=window_fraction, help="output window side as a fraction of the resolution, or "
                                                        "'full' (default 0.5)")
     score = parser.add_argument_group("score (default: the NASWOT training-free proxy on real photos)")
     score.add_argument("--supernet", metavar="CKPT", help="score = mIoU-T of each subnet under this supernet "
