@@ -65,6 +65,7 @@ class SearchSettings:
     workers: int = 1
     ray_address: str | None = None
     storage: str | None = None  # Optuna RDB URL; None: sqlite study.db in the run directory
+    include_fixed: bool = False  # also price and score the hand-designed backbones (nas/search_fixed.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(self.targets))
@@ -236,7 +237,17 @@ def _search_target(settings: SearchSettings, target: str, table: LatencyTable, l
         "evaluated": len(candidates),
         "feasible": len(feasible), "pareto_size": len(front), "tool_version": __version__,
     }
-    files = write_target_result(out, summary, candidates, front, budget)
+    fixed = []
+    if settings.include_fixed:
+        from nas.search_fixed import evaluate_fixed
+
+        fixed = evaluate_fixed(best_candidate.arch, latency, budget, pool)
+        scored = [f for f in fixed if f.score is not None]
+        best_fixed = max(scored, key=lambda f: f.score, default=None)
+        summary["fixed"] = [f.to_dict() for f in fixed]
+        summary["best_fixed"] = None if best_fixed is None else best_fixed.to_dict() | {
+            "searched_minus_fixed_score": best_candidate.score - best_fixed.score}
+    files = write_target_result(out, summary, candidates, front, budget, fixed)
     log.write(f"{time.strftime('%H:%M:%S')} {target}: done, {len(candidates)} evaluated, best "
               f"{best_candidate.score:.4f} at {best_candidate.latency_ms:.3f} ms\n")
     return TargetResult(target, budget, best_candidate, front, len(candidates), len(feasible), files)

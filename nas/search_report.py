@@ -28,7 +28,8 @@ def _write_text(path: Path, text: str) -> Path:
 
 
 def write_target_result(out: Path, summary: dict, candidates: list[Candidate], front: list[Candidate],
-                        budget_ms: float) -> dict[str, Path]:
+                        budget_ms: float, fixed: list = ()) -> dict[str, Path]:
+    """`fixed`: hand-designed backbones (`FixedResult`), drawn apart from the searched subnets."""
     out.mkdir(parents=True, exist_ok=True)
     rows = io.StringIO()
     writer = csv.writer(rows)
@@ -38,11 +39,12 @@ def write_target_result(out: Path, summary: dict, candidates: list[Candidate], f
     files = {"best_arch": _write_text(out / "best_arch.json", json.dumps(summary, indent=1)),
              "pareto_csv": _write_text(out / "pareto.csv", rows.getvalue()),
              "pareto_png": out / "pareto.png"}
-    _plot(files["pareto_png"], summary, candidates, front, budget_ms)
+    _plot(files["pareto_png"], summary, candidates, front, budget_ms, fixed)
     return files
 
 
-def _plot(path: Path, summary: dict, candidates: list[Candidate], front: list[Candidate], budget_ms: float) -> None:
+def _plot(path: Path, summary: dict, candidates: list[Candidate], front: list[Candidate], budget_ms: float,
+          fixed: list) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,6 +56,13 @@ def _plot(path: Path, summary: dict, candidates: list[Candidate], front: list[Ca
     ax.plot([c.latency_ms for c in front], [c.score for c in front], "o-", ms=4, c="tab:blue", label="Pareto front")
     ax.scatter([summary["predicted_latency_ms"]], [summary["score"]], s=80, marker="*", c="tab:red", zorder=3,
                label="best")
+    drawn = [f for f in fixed if f.score is not None]
+    if drawn:
+        ax.scatter([f.latency_ms for f in drawn], [f.score for f in drawn], s=40, marker="^", c="black",
+                   label="hand-designed backbones", zorder=3)
+        for f in drawn:
+            ax.annotate(f.backbone.removeprefix("fixed:"), (f.latency_ms, f.score), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
     ax.axvline(budget_ms, ls="--", c="tab:red", lw=1, label=f"budget {budget_ms:g} ms")
     ax.set_xlabel(f"predicted latency on {summary['target']} (ms, {summary['table']['provenance']} table)")
     ax.set_ylabel(f"{summary['score_name']} ({summary['score_kind']})")

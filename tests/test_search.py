@@ -176,3 +176,32 @@ def test_workers_1_and_2_agree(tmp_path, tiny_table_path):
     two = run_search(_settings(tiny_table_path, generations=1, workers=2), tmp_path / "w2", progress=False)[0]
     assert _trial_archs(tmp_path / "w1") == _trial_archs(tmp_path / "w2")
     assert one.best.arch == two.best.arch and one.best.score == pytest.approx(two.best.score)
+
+
+def test_include_fixed_runs_hand_designed_backbones_under_the_same_table(tmp_path, tiny_table_path, capsys):
+    from nas.latency_predict import setting_op_keys
+    from nas.latency_table import Entry
+
+    table = LatencyTable.load(tiny_table_path)
+    spec_name = "fixed:mobilenetv3_small_100"
+    for resolution in (512, 640, 768, 896, 1024):  # only this backbone is priced; it fits up to 896 px
+        for dyn in (1, 2, 3):
+            arch = ArchConfig(space=spec_name, resolution=resolution, width_mult=1.0, depths=(), kernels=(),
+                              expands=(), se=(), fpn_channels=32, mask_channels=8, dyn_layers=dyn)
+            keys = setting_op_keys(arch, LatencySetting())
+            for key in keys:
+                ms = 1.0 / len(keys) * (resolution / 768) ** 2  # 1 ms at 768 px
+                table.add(str(key), Entry(count=1, mean=ms, median=ms, p90=ms, std=0.0))
+    path = table.save(tmp_path / "with-fixed.json")
+    assert main(["search", "--target", str(path), "--budget", "1.7ms", "--space", TINY, "--population", "4",
+                 "--generations", "1", "--include-fixed", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "best hand-designed: fixed:mobilenetv3_small_100" in out
+    best = json.loads((tmp_path / "run" / "best_arch.json").read_text())
+    fixed = {f["backbone"]: f for f in best["fixed"]}
+    small = fixed[spec_name]
+    assert small["arch"]["resolution"] == 896 and small["predicted_latency_ms"] <= 1.7 and small["score"] > 0
+    assert best["best_fixed"]["backbone"] == spec_name
+    assert best["best_fixed"]["searched_minus_fixed_score"] == pytest.approx(best["score"] - small["score"])
+    assert fixed["fixed:repvit_m0_9"]["reason"].startswith("not priced")
+    assert fixed["fixed:efficientformerv2_s0"]["reason"].startswith("not supported")

@@ -16,7 +16,7 @@ DEFAULTS = SearchSettings(targets=("-",), budgets_ms=(1.0,))
 # options a resumed run may change; the others must match the stored settings
 RESUMABLE = {"generations", "trials", "workers", "ray_address"}
 SETTING_OPTIONS = ("algo", "space", "seed", "population", "generations", "trials", "image_size", "tap", "window",
-                   "workers", "ray_address", "storage")
+                   "workers", "ray_address", "storage", "include_fixed")
 
 EPILOG = """examples:
   nas search --target iphone13 --budget 5ms
@@ -73,6 +73,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument("--data", metavar="SPEC", help="validation data for --supernet: grabcut:PATH, davis:PATH "
                                                       "or synthetic:N[:SIZE]")
     score.add_argument("--predictor", metavar="FILE", help="score = an accuracy predictor (nas predictor fit)")
+    parser.add_argument("--include-fixed", action="store_true", default=None,
+                        help="also run the hand-designed timm backbones (nas space show --fixed) at the largest "
+                             "resolution that fits, with the best student's head, under the same table and scorer")
     parser.add_argument("--workers", type=positive_int, help="score candidates on N Ray workers (default 1: in "
                                                              "this process)")
     parser.add_argument("--ray-address", help="Ray cluster address (default: a local Ray instance)")
@@ -159,6 +162,14 @@ def _search(args: argparse.Namespace) -> int:
               f"({table['name']}: {table['provenance']} table, {error})")
         print(f"  score     {result.best.score:.4f} by {best['score_name']} ({best['score_kind']}){proxy}")
         print(f"  pareto    {len(result.front)} architectures on the front")
+        if settings.include_fixed:
+            fixed = best.get("best_fixed")
+            if fixed is None:
+                print("  fixed     no hand-designed backbone was priced, fits and scored (see best_arch.json 'fixed')")
+            else:
+                print(f"  fixed     best hand-designed: {fixed['backbone']} at {fixed['predicted_latency_ms']:.3f} ms, "
+                      f"score {fixed['score']:.4f}; the searched student is "
+                      f"{fixed['searched_minus_fixed_score']:+.4f} ahead")
         print(f"  files     {result.files['best_arch'].parent}/{{best_arch.json,pareto.csv,pareto.png}}")
     if not args.json:
         storage = settings.storage or f"sqlite:///{run_dir / 'study.db'}"
