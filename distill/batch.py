@@ -13,7 +13,7 @@ from distill.datasets import Sample
 from distill.prompts import Click
 from distill.teachers.ground_truth import ORACLE_LOGIT
 from search_spaces.head import NEGATIVE, PADDING, POSITIVE
-from search_spaces.segmenter import IMAGENET_MEAN, IMAGENET_STD
+from search_spaces.segmenter import resize_long_side
 from search_spaces.student import MASK_STRIDE
 
 
@@ -26,12 +26,9 @@ class Prepared:
 
 
 def prepare(sample: Sample, resolution: int) -> Prepared:
-    h, w = sample.image.shape[:2]
-    scale = resolution / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    x = torch.from_numpy(np.ascontiguousarray(sample.image)).permute(2, 0, 1)[None].float() / 255
-    x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-    x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    x = resize_long_side(sample.image, resolution)
+    nh, nw = x.shape[-2:]
+    scale = resolution / max(sample.image.shape[:2])
     return Prepared(sample, F.pad(x, (0, resolution - nw, 0, resolution - nh))[0], scale, (nh, nw))
 
 
@@ -54,6 +51,14 @@ def click_tensor(clicks: list[list[Click]], scales: list[float]) -> torch.Tensor
     rows = [[[*to_network(c, s)[:2], POSITIVE if c[2] else NEGATIVE] for c in cs] + [padding] * (n - len(cs))
             for cs, s in zip(clicks, scales, strict=True)]
     return torch.tensor(rows, dtype=torch.float32)
+
+
+def at_size(logits: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Teacher logits (covering the whole image at the teacher's resolution) resized to (h, w)."""
+    if tuple(logits.shape) == tuple(hw):
+        return logits
+    low = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))[None, None]
+    return F.interpolate(low, size=tuple(hw), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
 def on_grid(logits: np.ndarray, prepared: Prepared, grid: int) -> torch.Tensor:

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
@@ -30,7 +29,7 @@ from timm.utils import ModelEmaV3
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from distill.batch import Prepared, click_tensor, network_mask, on_grid, prepare, to_image
+from distill.batch import Prepared, at_size, click_tensor, network_mask, on_grid, prepare, to_image
 from distill.config import ConfigError, ExperimentConfig, StudentConfig
 from distill.datasets import Sample, labelled, load_dataset
 from distill.losses import distill_losses, feature_loss, mask_iou
@@ -40,6 +39,7 @@ from distill.teachers import build_teacher
 from search_spaces.arch_config import ArchConfig
 from search_spaces.checkpoint import load_student, read_payload, save_student, save_supernet
 from search_spaces.files import atomic_write
+from search_spaces.segmenter import IMAGENET_MEAN, IMAGENET_STD
 from search_spaces.student import MASK_STRIDE, TraceNetStudent
 from search_spaces.supernet import TraceNetSupernet
 
@@ -160,8 +160,7 @@ class Trainer:
         h, w = sample.image.shape[:2]
         for _ in range(5):
             tap = (float(self.rng.integers(w)), float(self.rng.integers(h)), True)
-            logits = torch.from_numpy(self.teacher.logits(sample, [tap]))[None, None]
-            mask = (F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)[0, 0] > 0).numpy()
+            mask = at_size(self.teacher.logits(sample, [tap]), (h, w)) > 0
             if mask.any():
                 return mask
         return np.ones((h, w), bool)
@@ -324,7 +323,7 @@ class Trainer:
     def _log_image(self, p: Prepared, clicks: list[Click], logits: torch.Tensor, target: torch.Tensor) -> None:
         """The input with the teacher's mask (green), the model's (red) and the clicks (white +, black -)."""
         nh, nw = p.hw
-        mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
         image = (p.image[:, :nh, :nw].permute(1, 2, 0) * std + mean).clamp(0, 1).numpy()
         student, teacher = network_mask(logits.cpu(), p), network_mask(target.cpu(), p)
         image[..., 1] = np.where(teacher, 0.5 * image[..., 1] + 0.5, image[..., 1])

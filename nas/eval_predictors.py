@@ -9,9 +9,8 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
+from distill.batch import at_size
 from distill.datasets import Sample
 from distill.prompts import Click
 from distill.teachers import build_teacher
@@ -48,7 +47,4 @@ class TeacherPredictor:
 
     def logits(self, state: tuple[Any, tuple[int, int]], clicks: list[Click]) -> np.ndarray:
         encoded, hw = state
-        low = torch.from_numpy(np.ascontiguousarray(self.teacher.predict(encoded, clicks), dtype=np.float32))
-        if tuple(low.shape) == hw:
-            return low.numpy()
-        return F.interpolate(low[None, None], size=hw, mode="bilinear", align_corners=False)[0, 0].numpy()
+        return at_size(self.teacher.predict(encoded, clicks), hw)

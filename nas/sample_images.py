@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from search_spaces.segmenter import IMAGENET_MEAN, IMAGENET_STD
+from search_spaces.segmenter import normalise
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
@@ -31,6 +31,4 @@ def photo_batch(size_hw: tuple[int, int], crops_per_photo: int = 2, seed: int = 
             y0, x0 = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
             crop = x[..., y0:y0 + ch, x0:x0 + cw]
             batch.append(F.interpolate(crop, size=size_hw, mode="bilinear", antialias=True, align_corners=False))
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (torch.cat(batch) - mean) / std
+    return normalise(torch.cat(batch))

@@ -32,6 +32,24 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 Click = tuple[float, float, bool]
 
 
+def normalise(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB in 0..1 -> ImageNet-normalised."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def resize_long_side(image: np.ndarray, resolution: int, device: str | torch.device = "cpu") -> torch.Tensor:
+    """(1, 3, nh, nw) normalised tensor of an HxWx3 uint8 image resized (bilinear, antialiased) so that
+    its long side is `resolution` (the resize policy)."""
+    h, w = image.shape[:2]
+    scale = resolution / max(h, w)
+    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float() / 255
+    x = F.interpolate(x, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bilinear",
+                      antialias=True, align_corners=False)
+    return normalise(x)
+
+
 class Segmenter:
     def __init__(self, model: TraceNetStudent, window: float | None = DEFAULT_WINDOW_FRACTION,
                  device: str | torch.device = "cpu"):
@@ -51,15 +69,10 @@ class Segmenter:
         (1, 3, H, W), the click rows (1, N, 3) in network pixels (tap first) and the resized (h, w)."""
         h, w = _check_image(image)
         ordered = _check_clicks(clicks, h, w)
-        resolution = self.model.arch.resolution
-        scale = resolution / max(h, w)
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None].float() / 255
-        x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-        mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+        x = resize_long_side(image, self.model.arch.resolution, self.device)
+        nh, nw = x.shape[-2:]
         ph, pw = -(-nh // SIZE_MULTIPLE) * SIZE_MULTIPLE, -(-nw // SIZE_MULTIPLE) * SIZE_MULTIPLE
-        x = F.pad((x - mean) / std, (0, pw - nw, 0, ph - nh))
+        x = F.pad(x, (0, pw - nw, 0, ph - nh))
         sy, sx = nh / h, nw / w  # pixel centres map as (x + 0.5) * s - 0.5
         click_rows = [[(cx + 0.5) * sx - 0.5, (cy + 0.5) * sy - 0.5, POSITIVE if pos else NEGATIVE]
                       for cx, cy, pos in ordered]
