@@ -2,7 +2,7 @@
 
 Every algorithm runs `nas search`'s code path (`run_search`) on the same target, budget, latency
 setting, score (the default NASWOT proxy) and number of evaluated architectures; the best feasible
-score so far is read from each run's Optuna study against the completion time of its trials.
+score so far is timed through `run_search`'s `on_best` hook.
 Writes search_efficiency.png and search_efficiency.csv into --out and prints a summary table.
 
 usage: python benchmarks/search_efficiency.py [--target iphone13] [--budget 5ms] [--evaluations 136] [--seed 0]
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import tempfile
+import time
 from pathlib import Path
 
 import optuna
@@ -23,15 +23,15 @@ from nas.search import SearchSettings, parse_budget, run_search
 ALGOS = ("evolution", "nsga2", "tpe")
 
 
-def best_so_far(study: optuna.Study, start: datetime.datetime) -> list[tuple[float, float]]:
-    trace, best = [], float("-inf")
-    trials = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
-                    key=lambda t: t.datetime_complete)
-    for trial in trials:
-        if trial.user_attrs["feasible"] and trial.values[0] > best:
-            best = trial.values[0]
-        trace.append(((trial.datetime_complete - start).total_seconds(), best))
-    return trace
+def timed_search(settings: SearchSettings) -> tuple[list[tuple[float, float]], int]:
+    """(seconds, best score) at every improvement and at the end; architectures evaluated."""
+    trace: list[tuple[float, float]] = []
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        [result] = run_search(settings, tmp, progress=False, on_best=lambda target, best: trace.append(
+            (time.perf_counter() - start, best.score)))
+    trace.append((time.perf_counter() - start, trace[-1][1]))
+    return trace, result.evaluated
 
 
 def main() -> None:
@@ -47,16 +47,12 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     generations = max(1, round((args.evaluations - args.population) / (args.population - args.population // 4)))
-    traces = {}
+    traces, evaluated = {}, {}
     for algo in ALGOS:
         settings = SearchSettings(targets=(args.target,), budgets_ms=(parse_budget(args.budget),), algo=algo,
                                   seed=args.seed, population=args.population, generations=generations,
                                   trials=args.evaluations)
-        with tempfile.TemporaryDirectory() as tmp:
-            start = datetime.datetime.now()
-            run_search(settings, tmp, progress=False)
-            study = optuna.load_study(study_name=args.target, storage=f"sqlite:///{tmp}/study.db")
-            traces[algo] = best_so_far(study, start)
+        traces[algo], evaluated[algo] = timed_search(settings)
 
     with open(out / "search_efficiency.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -84,7 +80,7 @@ def main() -> None:
     for algo, trace in traces.items():
         final = trace[-1][1]
         reach = next(t for t, b in trace if b >= final - 1e-3 * abs(final))
-        print(f"{algo:<10} {len(trace):>9} {final:>10.3f} {reach:>20.1f} {trace[-1][0]:>8.1f}")
+        print(f"{algo:<10} {evaluated[algo]:>9} {final:>10.3f} {reach:>20.1f} {trace[-1][0]:>8.1f}")
     print(f"plot and CSV in {out}")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 
 from nas.latency_predict import predict_latency
@@ -14,6 +15,7 @@ from nas.latency_setting import LatencySetting
 from nas.latency_table import LatencyTable
 from nas.scores import build_scorer
 from search_spaces.arch_config import ArchConfig
+from search_spaces.genome import GenomeSpace
 
 
 class LatencyModel:
@@ -22,14 +24,22 @@ class LatencyModel:
     def __init__(self, table: LatencyTable, setting: LatencySetting):
         self.table, self.setting = table, setting
         self._cache: dict[ArchConfig, float] = {}
+        self._by_key: dict[tuple[str, bytes], float] = {}
 
     def __call__(self, arch: ArchConfig) -> float:
         if arch not in self._cache:
             self._cache[arch] = predict_latency(arch, self.table, self.setting).latency_ms
         return self._cache[arch]
 
-    def remember(self, arch: ArchConfig, latency_ms: float) -> None:
-        self._cache[arch] = latency_ms
+    def of_genomes(self, space: GenomeSpace, genomes: np.ndarray) -> np.ndarray:
+        """Latencies of a batch of genomes (memoised by architecture, decoded only when new)."""
+        out = np.empty(len(genomes))
+        for i, (key, genome) in enumerate(zip(space.keys(genomes), genomes, strict=True)):
+            key = (space.spec.name, key)
+            if key not in self._by_key:
+                self._by_key[key] = self(space.decode(genome))
+            out[i] = self._by_key[key]
+        return out
 
 
 class _ScoreWorker:
@@ -60,9 +70,6 @@ class ScorePool:
             actor = ray.remote(num_cpus=0)(_ScoreWorker)  # CPU threads are set explicitly per worker
             self._pool = ActorPool([actor.remote(recipe, threads) for _ in range(workers)])
 
-    def remember(self, arch: ArchConfig, score: float) -> None:
-        self._cache[arch] = score
-
     def scores(self, archs: list[ArchConfig]) -> list[float]:
         todo = list(dict.fromkeys(a for a in archs if a not in self._cache))
         if self._pool is None:
@@ -71,6 +78,13 @@ class ScorePool:
             for arch, value in zip(todo, self._pool.map(lambda w, a: w.score.remote(a), todo), strict=True):
                 self._cache[arch] = value
         return [self._cache[a] for a in archs]
+
+    def scores_of_genomes(self, space: GenomeSpace, genomes: np.ndarray) -> np.ndarray:
+        """Scores of a batch of genomes: in one vectorised call when the scorer takes genomes of this space
+        (an accuracy predictor), otherwise architecture by architecture as `scores` does."""
+        if getattr(self.scorer, "space", None) == space.spec.name and hasattr(self.scorer, "scores_of_genomes"):
+            return self.scorer.scores_of_genomes(genomes)
+        return np.asarray(self.scores([space.decode(g) for g in genomes]), dtype=float)
 
     def close(self) -> None:
         if self._pool is not None:

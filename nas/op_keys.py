@@ -18,10 +18,12 @@ import operator
 import re
 from dataclasses import dataclass
 
+import timm.layers
 import torch
 import torch.fx
 from torch import nn
 
+from search_spaces.any_size_attention import Attention2dDownsample
 from search_spaces.arch_config import ArchConfig
 from search_spaces.backbone import IN_CHANNELS
 from search_spaces.student import TraceNetStudent, output_cells
@@ -29,7 +31,7 @@ from search_spaces.tracing import ReceptiveFieldTracer, TracePlan
 
 Attr = str | int
 
-_ZERO_COST = (nn.Identity, nn.Dropout)
+_ZERO_COST = (nn.Identity, nn.Dropout, timm.layers.DropPath)  # identities at inference
 _KEY_RE = re.compile(r"^(?P<kind>[a-z_][a-z0-9_]*)\[(?P<attrs>[^\]]*)\]@(?P<h>\d+)x(?P<w>\d+)$")
 
 
@@ -128,6 +130,12 @@ def trunk_op_keys(tracer: ReceptiveFieldTracer, plan: TracePlan, in_channels: in
             keys.append(OpKey.make("se", out[-2:], c=out[1], rd=convs[0].out_channels if convs else 0))
         elif op.kind == "upsample":
             keys.append(OpKey.make("upsample", out[-2:], c=out[1], scale=op.scale))
+        elif op.kind == "global":  # attention: one unit over its whole input map
+            m = module.get_submodule(node.target)
+            down = int(isinstance(m, Attention2dDownsample))
+            keys.append(OpKey.make("attention", out[-2:], cin=channels[node.args[0]], cout=out[1], heads=m.num_heads,
+                                   kd=m.key_dim, ratio=m.attn_ratio, down=down,
+                                   s=1 if down or m.stride_conv is None else m.stride_conv.conv.stride[0]))
         elif node.op == "call_module":
             leaf = module.get_submodule(node.target)
             if isinstance(leaf, _ZERO_COST) or (_act_name(leaf) is None and not isinstance(

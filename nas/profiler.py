@@ -47,11 +47,11 @@ def covering_archs(space: str) -> list[ArchConfig]:
     block_choices = list(itertools.product(spec.kernels, spec.expands, spec.se))
     head_choices = list(itertools.product(spec.dyn_layers, spec.mask_channels, spec.fpn_channels))
     n, depth = len(spec.stages), spec.max_depth
-    archs, g = [], 0
+    archs = []
     for width in spec.width_mults:
-        for k, e, se in block_choices + block_choices[: max(0, len(head_choices) - len(block_choices))]:
-            layers, mask, fpn = head_choices[g % len(head_choices)]
-            g += 1
+        for i in range(max(len(block_choices), len(head_choices))):
+            k, e, se = block_choices[i % len(block_choices)]
+            layers, mask, fpn = head_choices[i % len(head_choices)]
             archs.append(ArchConfig(space=spec.name, resolution=spec.resolutions[-1], width_mult=width,
                                     depths=(depth,) * n, kernels=((k,) * depth,) * n, expands=((e,) * depth,) * n,
                                     se=(se,) * n, fpn_channels=fpn, mask_channels=mask, dyn_layers=layers))
@@ -154,6 +154,16 @@ def op_module(key: OpKey) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
         return nn.AdaptiveAvgPool2d(1), (torch.randn(1, int(a["c"]), ih, iw),)
     if key.kind == "linear":
         return nn.Linear(int(a["cin"]), int(a["cout"])), (torch.randn(1, int(a["cin"])),)
+    if key.kind == "attention":  # EfficientFormerV2's, made to run at any size
+        from timm.models.efficientformer_v2 import Attention2d, Attention2dDownsample
+
+        from search_spaces.any_size_attention import adapt_attention
+
+        cin, kd, heads, ratio, s = (int(a[n]) for n in ("cin", "kd", "heads", "ratio", "s"))
+        down = bool(int(a["down"]))
+        module = adapt_attention(Attention2dDownsample(cin, kd, heads, ratio, out_dim=int(a["cout"])) if down
+                                 else Attention2d(cin, kd, heads, ratio, stride=s if s > 1 else None)).eval()
+        return module, (torch.randn(1, cin, 2 * h if down else h, 2 * w if down else w),)
     if key.kind in ("act", "bn"):
         c = int(a["c"])
         layer = nn.BatchNorm2d(c).eval() if key.kind == "bn" else _ACTS[str(a["fn"])]()

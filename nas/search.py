@@ -12,6 +12,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -159,9 +160,11 @@ def _storage(url: str) -> optuna.storages.RDBStorage:
         raise ValueError(f"storage {url!r}: {type(err).__name__}: {err}") from None
 
 
-def run_search(settings: SearchSettings, out_dir: str | Path, resume: bool = False,
-               progress: bool = True) -> list[TargetResult]:
-    """Search every target of `settings`; write the result files under `out_dir` (see `nas search --help`)."""
+def run_search(settings: SearchSettings, out_dir: str | Path, resume: bool = False, progress: bool = True,
+               on_best: Callable[[str, Candidate], None] | None = None) -> list[TargetResult]:
+    """Search every target of `settings`; write the result files under `out_dir` (see `nas search --help`).
+
+    `on_best(target, candidate)` is called whenever a target's best feasible candidate improves."""
     out = Path(out_dir)
     if not resume and (out / CONFIG_FILE).exists():
         raise FileExistsError(f"{out} already holds a search; pass it to --resume or choose another --out")
@@ -181,7 +184,8 @@ def run_search(settings: SearchSettings, out_dir: str | Path, resume: bool = Fal
                       f"{json.dumps(settings.to_dict())}\n")
             for target, table, latency, budget in targets:
                 results.append(_search_target(settings, target, table, latency, budget, storage, pool,
-                                              out if len(targets) == 1 else out / Path(target).stem, log, progress))
+                                              out if len(targets) == 1 else out / Path(target).stem, log, progress,
+                                              on_best or (lambda target, candidate: None)))
     finally:
         pool.close()
     return results
@@ -189,7 +193,7 @@ def run_search(settings: SearchSettings, out_dir: str | Path, resume: bool = Fal
 
 def _search_target(settings: SearchSettings, target: str, table: LatencyTable, latency: LatencyModel,
                    budget: float, storage: optuna.storages.BaseStorage, pool: ScorePool, out: Path,
-                   log, progress: bool) -> TargetResult:
+                   log, progress: bool, on_best: Callable[[str, Candidate], None]) -> TargetResult:
     algorithm = settings.algorithm()
     study = optuna.create_study(storage=storage, study_name=target, directions=list(algorithm.directions),
                                 load_if_exists=True)
@@ -204,23 +208,23 @@ def _search_target(settings: SearchSettings, target: str, table: LatencyTable, l
                unit="arch", disable=not progress, dynamic_ncols=True)
     best: list[Candidate] = []
 
-    def on_scored(candidate: Candidate) -> None:
-        bar.update()
-        if candidate.feasible and (not best or candidate.score > best[0].score):
+    def on_progress(proposed: int, candidate: Candidate | None) -> None:
+        bar.update(proposed)
+        if candidate is not None and (not best or candidate.score > best[0].score):
             best[:] = [candidate]
             bar.set_postfix(best=f"{candidate.score:.2f}", ms=f"{candidate.latency_ms:.2f}")
             log.write(f"{time.strftime('%H:%M:%S')} {target}: new best score {candidate.score:.4f} at "
                       f"{candidate.latency_ms:.3f} ms: {candidate.arch.to_json()}\n")
             log.flush()
+            on_best(target, candidate)
 
     problem = SearchProblem(settings.space, latency, budget, pool, study, settings.seed, settings.population,
-                            on_scored)
+                            on_progress)
     try:
-        algorithm.run(problem)
+        outcome = algorithm.run(problem)
     finally:
         bar.close()
-    candidates = list(problem.recorded().values())
-    feasible = [c for c in candidates if c.feasible]
+    feasible = [c for c in outcome.candidates if c.feasible]
     if not feasible:
         raise SearchError(f"no feasible architecture was evaluated for '{target}' at {budget:g} ms")
     front = pareto_front(feasible)
@@ -234,8 +238,8 @@ def _search_target(settings: SearchSettings, target: str, table: LatencyTable, l
         "latency_setting": settings.setting().describe() | {
             "input_hw": list(settings.setting().input_hw(best_candidate.arch)),
             "tap_xy": list(settings.setting().tap_xy(best_candidate.arch))},
-        "evaluated": len(candidates),
-        "feasible": len(feasible), "pareto_size": len(front), "tool_version": __version__,
+        "evaluated": outcome.evaluated,
+        "feasible": outcome.feasible, "pareto_size": len(front), "tool_version": __version__,
     }
     fixed = []
     if settings.include_fixed:
@@ -247,7 +251,7 @@ def _search_target(settings: SearchSettings, target: str, table: LatencyTable, l
         summary["fixed"] = [f.to_dict() for f in fixed]
         summary["best_fixed"] = None if best_fixed is None else best_fixed.to_dict() | {
             "searched_minus_fixed_score": best_candidate.score - best_fixed.score}
-    files = write_target_result(out, summary, candidates, front, budget, fixed)
-    log.write(f"{time.strftime('%H:%M:%S')} {target}: done, {len(candidates)} evaluated, best "
+    files = write_target_result(out, summary, outcome.cloud, front, budget, fixed)
+    log.write(f"{time.strftime('%H:%M:%S')} {target}: done, {outcome.evaluated} evaluated, best "
               f"{best_candidate.score:.4f} at {best_candidate.latency_ms:.3f} ms\n")
-    return TargetResult(target, budget, best_candidate, front, len(candidates), len(feasible), files)
+    return TargetResult(target, budget, best_candidate, front, outcome.evaluated, outcome.feasible, files)

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from search_spaces.files import atomic_write
 
 if TYPE_CHECKING:
@@ -27,9 +29,10 @@ def _write_text(path: Path, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def write_target_result(out: Path, summary: dict, candidates: list[Candidate], front: list[Candidate],
+def write_target_result(out: Path, summary: dict, cloud: np.ndarray, front: list[Candidate],
                         budget_ms: float, fixed: list = ()) -> dict[str, Path]:
-    """`fixed`: hand-designed backbones (`FixedResult`), drawn apart from the searched subnets."""
+    """`cloud`: (latency, score) of the evaluated feasible architectures; `fixed`: hand-designed backbones
+    (`FixedResult`), drawn apart from the searched subnets."""
     out.mkdir(parents=True, exist_ok=True)
     rows = io.StringIO()
     writer = csv.writer(rows)
@@ -39,20 +42,20 @@ def write_target_result(out: Path, summary: dict, candidates: list[Candidate], f
     files = {"best_arch": _write_text(out / "best_arch.json", json.dumps(summary, indent=1)),
              "pareto_csv": _write_text(out / "pareto.csv", rows.getvalue()),
              "pareto_png": out / "pareto.png"}
-    _plot(files["pareto_png"], summary, candidates, front, budget_ms, fixed)
+    _plot(files["pareto_png"], summary, cloud, front, budget_ms, fixed)
     return files
 
 
-def _plot(path: Path, summary: dict, candidates: list[Candidate], front: list[Candidate], budget_ms: float,
+def _plot(path: Path, summary: dict, cloud: np.ndarray, front: list[Candidate], budget_ms: float,
           fixed: list) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    feasible = [c for c in candidates if c.feasible]
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    ax.scatter([c.latency_ms for c in feasible], [c.score for c in feasible], s=12, c="0.7", label="evaluated")
+    ax.scatter(cloud[:, 0], cloud[:, 1], s=12 if len(cloud) < 2000 else 3, c="0.7", label="evaluated",
+               rasterized=True)
     ax.plot([c.latency_ms for c in front], [c.score for c in front], "o-", ms=4, c="tab:blue", label="Pareto front")
     ax.scatter([summary["predicted_latency_ms"]], [summary["score"]], s=80, marker="*", c="tab:red", zorder=3,
                label="best")

@@ -134,28 +134,6 @@ class ArchConfig:
             data = data["arch"]
         return cls.from_dict(data)
 
-    # ---------------------------------------------------------------- encoding
-    def encode(self) -> np.ndarray:
-        """Fixed-length one-hot vector (inactive blocks are all-zero), for accuracy predictors."""
-        spec = self.spec
-
-        def one_hot(value: Any, choices: tuple) -> list[float]:
-            return [1.0 if value == c else 0.0 for c in choices]
-
-        vec = (one_hot(self.resolution, spec.resolutions) + one_hot(self.width_mult, spec.width_mults)
-               + one_hot(self.fpn_channels, spec.fpn_channels)
-               + one_hot(self.mask_channels, spec.mask_channels)
-               + one_hot(self.dyn_layers, spec.dyn_layers))
-        empty_block = [0.0] * (len(spec.kernels) + len(spec.expands))
-        for s in range(len(spec.stages)):
-            vec += one_hot(self.depths[s], spec.depths) + [float(self.se[s])]
-            for b in range(spec.max_depth):
-                if b < self.depths[s]:
-                    vec += one_hot(self.kernels[s][b], spec.kernels) + one_hot(self.expands[s][b], spec.expands)
-                else:
-                    vec += empty_block
-        return np.asarray(vec, dtype=np.float32)
-
     # ---------------------------------------------------------------- space members
     @classmethod
     def _extreme(cls, space: str | SpaceSpec, index: int) -> ArchConfig:
@@ -195,60 +173,3 @@ class ArchConfig:
                    se=tuple(_pick(rng, spec.se) if se is None else se for _ in spec.stages),
                    fpn_channels=_pick(rng, spec.fpn_channels), mask_channels=_pick(rng, spec.mask_channels),
                    dyn_layers=_pick(rng, spec.dyn_layers))
-
-    def mutate(self, rng: RngLike = None, prob: float = 0.1) -> ArchConfig:
-        """Resample each choice with probability `prob` (Once-for-All's mutation)."""
-        spec, rng = self.spec, _rng(rng)
-
-        def maybe(value: Any, choices: tuple) -> Any:
-            return _pick(rng, choices) if rng.random() < prob else value
-
-        depths, kernels, expands = [], [], []
-        for s in range(len(spec.stages)):
-            depth = maybe(self.depths[s], spec.depths)
-            ks, es = [], []
-            for b in range(depth):
-                if b < self.depths[s]:
-                    ks.append(maybe(self.kernels[s][b], spec.kernels))
-                    es.append(maybe(self.expands[s][b], spec.expands))
-                else:  # a newly exposed block gets fresh choices
-                    ks.append(_pick(rng, spec.kernels))
-                    es.append(_pick(rng, spec.expands))
-            depths.append(depth)
-            kernels.append(tuple(ks))
-            expands.append(tuple(es))
-        return ArchConfig(space=self.space, resolution=maybe(self.resolution, spec.resolutions),
-                          width_mult=maybe(self.width_mult, spec.width_mults), depths=tuple(depths),
-                          kernels=tuple(kernels), expands=tuple(expands),
-                          se=tuple(maybe(v, spec.se) for v in self.se),
-                          fpn_channels=maybe(self.fpn_channels, spec.fpn_channels),
-                          mask_channels=maybe(self.mask_channels, spec.mask_channels),
-                          dyn_layers=maybe(self.dyn_layers, spec.dyn_layers))
-
-    def crossover(self, other: ArchConfig, rng: RngLike = None) -> ArchConfig:
-        """Take every choice from either parent with equal probability (Once-for-All's crossover)."""
-        if other.space != self.space:
-            raise ArchConfigError(f"cannot cross spaces '{self.space}' and '{other.space}'")
-        rng = _rng(rng)
-        parents = (self, other)
-
-        def either(name: str) -> Any:
-            return getattr(parents[int(rng.integers(2))], name)
-
-        depths, kernels, expands, se = [], [], [], []
-        for s in range(len(self.depths)):
-            depth = parents[int(rng.integers(2))].depths[s]
-            ks, es = [], []
-            for b in range(depth):
-                # a block only one parent has must come from that parent
-                donors = [p for p in parents if b < p.depths[s]]
-                ks.append(donors[int(rng.integers(len(donors)))].kernels[s][b])
-                es.append(donors[int(rng.integers(len(donors)))].expands[s][b])
-            depths.append(depth)
-            kernels.append(tuple(ks))
-            expands.append(tuple(es))
-            se.append(parents[int(rng.integers(2))].se[s])
-        return ArchConfig(space=self.space, resolution=either("resolution"), width_mult=either("width_mult"),
-                          depths=tuple(depths), kernels=tuple(kernels), expands=tuple(expands), se=tuple(se),
-                          fpn_channels=either("fpn_channels"), mask_channels=either("mask_channels"),
-                          dyn_layers=either("dyn_layers"))

@@ -10,6 +10,7 @@ import timm
 import torch
 from torch import nn
 
+from search_spaces.any_size_attention import adapt_attention
 from search_spaces.backbone import IN_CHANNELS
 from search_spaces.space import FIXED_PREFIX, SpaceSpec, UnknownSpaceError
 
@@ -47,10 +48,12 @@ def fixed_space(name: str) -> SpaceSpec:
                      description=f"timm {name} (fixed, random init) + FPN (P3-P5) + tap-conditioned head")
 
 
-def describe_fixed(name: str) -> dict:
-    """A listed backbone's status: parameters of its smallest student and whether tracing crops it."""
+def describe_fixed(name: str, flops: bool = False) -> dict:
+    """A listed backbone's status: parameters of its smallest student, how tracing crops it and, with
+    `flops`, the FLOPs of one centre tap full-frame and traced (`arch_complexity`)."""
     from search_spaces.arch_config import ArchConfig
-    from search_spaces.student import TraceNetStudent
+    from search_spaces.complexity import arch_complexity
+    from search_spaces.student import DEFAULT_WINDOW_FRACTION, TraceNetStudent, output_cells
     from search_spaces.tracing import TracingError
 
     try:
@@ -63,11 +66,21 @@ def describe_fixed(name: str) -> dict:
                 "reason": f"fails at other input sizes ({str(err).splitlines()[0][:120]})"}
     info = {"name": f"{FIXED_PREFIX}{name}", "supported": True,
             "backbone_params": sum(p.numel() for p in model.trunk.backbone.parameters())}
+    r = arch.resolution
     try:
-        _ = model.tracer
-        info["tracing"] = "cropped to the tap's receptive field"
+        plan = model.plan((r, r), (r / 2, r / 2), output_cells((r, r), (r / 2, r / 2),
+                                                              round(DEFAULT_WINDOW_FRACTION * r)))
     except TracingError as err:
         info["tracing"] = f"disabled: {str(err).splitlines()[0][:120]}"
+        return info
+    if plan.global_ops:
+        info["tracing"] = (f"partial: {len(plan.global_ops)} attention blocks read their whole input map (the "
+                           f"first is {plan.global_ops[0]}), so the stages feeding them run full-frame; what "
+                           f"follows them is cropped (exact)")
+    else:
+        info["tracing"] = "cropped to the tap's receptive field"
+    if flops:
+        info |= {k: v for k, v in arch_complexity(model).items() if k != "params"}
     return info
 
 
@@ -76,8 +89,8 @@ class TimmBackbone(nn.Module):
 
     def __init__(self, name: str):
         super().__init__()
-        self.body = timm.create_model(name, pretrained=False, features_only=True, in_chans=IN_CHANNELS,
-                                      out_indices=feature_indices(name))
+        self.body = adapt_attention(timm.create_model(name, pretrained=False, features_only=True,
+                                                      in_chans=IN_CHANNELS, out_indices=feature_indices(name)))
         self.out_channels = list(self.body.feature_info.channels())
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

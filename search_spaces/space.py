@@ -91,13 +91,6 @@ class SpaceSpec:
         return (len(self.resolutions) * len(self.width_mults) * len(self.fpn_channels)
                 * len(self.mask_channels) * len(self.dyn_layers) * per_stage ** len(self.stages))
 
-    def encoding_length(self) -> int:
-        """Length of `ArchConfig.encode()` vectors for this space."""
-        global_len = sum(len(c) for c in (self.resolutions, self.width_mults, self.fpn_channels,
-                                          self.mask_channels, self.dyn_layers))
-        stage_len = len(self.depths) + 1 + self.max_depth * (len(self.kernels) + len(self.expands))
-        return global_len + stage_len * len(self.stages)
-
     def describe(self) -> dict:
         """Plain-dict view of the choices (for `nas space show`)."""
         return {

@@ -3,15 +3,18 @@
 `ReceptiveFieldTracer(module)` symbolically traces any dense image-to-feature-maps module with
 torch.fx and classifies each node by how it maps space: a *window* op (conv, pooling: kernel,
 stride, padding, dilation), a *pointwise* op (norm, activation, add, channel concat), a nearest
-*upsample*, or a *local pool* (squeeze-excitation). Nothing is hard-coded per architecture, so it
-holds for every subnet and for user-defined modules built from these ops.
+*upsample*, a *local pool* (squeeze-excitation) or a *global* op (attention over the whole map).
+Nothing is hard-coded per architecture, so it holds for every subnet and for user-defined modules
+built from these ops.
 
 `plan(input_hw, requests)` walks the graph backwards from the output windows and gives every node
 the minimal region of its output that influences them. `run(plan, x)` executes the graph on those
 regions only: each window op gets exactly the input rows/columns it reads, zero-padded only where
 they fall outside the true map border, so the outputs inside the requested windows equal those of
 the full forward pass. Squeeze-excitation pools over the traced region instead of the whole map;
-`TracePlan.local_pools` names where that happens (the only source of deviation).
+`TracePlan.local_pools` names where that happens (the only source of deviation). A global op reads
+its whole input map, so everything that feeds it runs full-frame and only what follows it (and the
+branches that avoid it) is cropped; `TracePlan.global_ops` names them. Outputs stay exact.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ POINTWISE_MODULES: list[type] = [
     nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU,
 ]
 LOCAL_POOL_MODULES: list[type] = [SqueezeExcite, timm.layers.SEModule]
+# module type -> (output size for an input size, output channels for input channels)
+GLOBAL_MODULES: dict[type, tuple[Callable[[nn.Module, tuple[int, int]], tuple[int, int]],
+                                 Callable[[nn.Module, int], int]]] = {}
 POINTWISE_FUNCTIONS = {
     operator.add, operator.mul, operator.sub, operator.truediv, torch.add, torch.mul, torch.sub,
     torch.relu, torch.sigmoid, torch.tanh, F.relu, F.relu6, F.hardswish, F.hardsigmoid, F.silu, F.gelu,
@@ -60,11 +66,24 @@ def register_local_pool(module_type: type) -> type:
     return module_type
 
 
+def register_global(module_type: type, out_hw: Callable[[nn.Module, tuple[int, int]], tuple[int, int]],
+                    out_channels: Callable[[nn.Module, int], int]) -> type:
+    """Declare a user module as global (e.g. attention): its output anywhere depends on its whole input."""
+    GLOBAL_MODULES[module_type] = (out_hw, out_channels)
+    return module_type
+
+
+def _global_rule(module: nn.Module) -> tuple[Callable, Callable] | None:
+    return next((rule for kind, rule in GLOBAL_MODULES.items() if isinstance(module, kind)), None)
+
+
 class _LeafTracer(torch.fx.Tracer):
-    """Keeps norm/activation/SE modules whole so the graph shows their spatial role, not their internals."""
+    """Keeps norm/activation/SE/attention modules whole so the graph shows their spatial role, not their
+    internals."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, tuple(POINTWISE_MODULES + LOCAL_POOL_MODULES)) or super().is_leaf_module(m, qualname)
+        return (isinstance(m, tuple(POINTWISE_MODULES + LOCAL_POOL_MODULES + list(GLOBAL_MODULES)))
+                or super().is_leaf_module(m, qualname))
 
 
 @dataclass(frozen=True)
@@ -141,7 +160,7 @@ def _channel_slice(node: torch.fx.Node) -> slice | None:
 
 @dataclass(frozen=True)
 class _Op:
-    kind: str  # input | const | window | pointwise | upsample | local_pool | output
+    kind: str  # input | const | window | pointwise | upsample | local_pool | global | output
     window: _Window | None = None
     scale: int = 1
 
@@ -156,6 +175,7 @@ class TracePlan:
     sizes: dict[torch.fx.Node, tuple[int, int]]
     output_boxes: tuple[Box | None, ...]
     local_pools: list[str] = field(default_factory=list)
+    global_ops: list[str] = field(default_factory=list)  # computed on their whole input map
 
     @property
     def exact(self) -> bool:
@@ -173,7 +193,9 @@ class ReceptiveFieldTracer:
     def __init__(self, module: nn.Module):
         self.module = module
         self.graph = _LeafTracer().trace(module)
-        self.ops = {node: self._classify(node) for node in self.graph.nodes}
+        self.ops: dict[torch.fx.Node, _Op] = {}
+        for node in self.graph.nodes:  # in order: a node's inputs are classified before it
+            self.ops[node] = self._classify(node)
         if sum(op.kind == "input" for op in self.ops.values()) != 1:
             raise TracingError("the traced module must take exactly one input tensor")
 
@@ -183,6 +205,9 @@ class ReceptiveFieldTracer:
             return _Op("input")
         if node.op == "get_attr":
             return _Op("const")
+        if node.op != "output" and node.all_input_nodes and all(self.ops[n].kind == "const"
+                                                                 for n in node.all_input_nodes):
+            return _Op("const")  # arithmetic on parameters only (e.g. a layer scale's reshape)
         if node.op == "output":
             return _Op("output")
         name = node.format_node()
@@ -196,6 +221,8 @@ class ReceptiveFieldTracer:
                 return _Op("upsample", scale=_nearest_scale(m.mode, m.size, m.scale_factor, node.target))
             if isinstance(m, tuple(LOCAL_POOL_MODULES)):
                 return _Op("local_pool")
+            if _global_rule(m) is not None:
+                return _Op("global")
             if isinstance(m, tuple(POINTWISE_MODULES)):
                 return _Op("pointwise")
             raise TracingError(f"{node.target} ({type(m).__name__}) is not a known local op; "
@@ -233,6 +260,9 @@ class ReceptiveFieldTracer:
                 sizes[node] = op.window.out_size(sizes[args[0]])
             elif op.kind == "upsample":
                 sizes[node] = tuple(n * op.scale for n in sizes[args[0]])
+            elif op.kind == "global":
+                module = self.module.get_submodule(node.target)
+                sizes[node] = tuple(_global_rule(module)[0](module, sizes[args[0]]))
             else:
                 if len({sizes[a] for a in args}) != 1:
                     raise TracingError(f"{node.format_node()}: inputs of different spatial sizes "
@@ -255,6 +285,8 @@ class ReceptiveFieldTracer:
             module = self.module.get_submodule(node.target) if node.op == "call_module" else None
             if isinstance(module, nn.Conv2d):
                 channels[node] = module.out_channels
+            elif op.kind == "global":
+                channels[node] = _global_rule(module)[1](module, args[0])
             elif _channel_slice(node) is not None:
                 channels[node] = len(range(*_channel_slice(node).indices(args[0])))
             elif node.target is torch.cat:
@@ -291,12 +323,15 @@ class ReceptiveFieldTracer:
                     need = op.window.input_span(box)
                 elif op.kind == "upsample":
                     need = box.coarsened(op.scale)
+                elif op.kind == "global":
+                    need = Box.full(*sizes[arg])
                 else:
                     need = box
                 boxes[arg] = need.clip(*sizes[arg]).union(boxes.get(arg))
         input_node = next(n for n, op in self.ops.items() if op.kind == "input")
         local_pools = [str(n.target) for n in boxes if self.ops[n].kind == "local_pool"]
-        return TracePlan(tuple(input_hw), boxes[input_node], boxes, sizes, output_boxes, local_pools)
+        global_ops = [str(n.target) for n in self.graph.nodes if n in boxes and self.ops[n].kind == "global"]
+        return TracePlan(tuple(input_hw), boxes[input_node], boxes, sizes, output_boxes, local_pools, global_ops)
 
     # ---------------------------------------------------------------- cropped execution
     def run(self, plan: TracePlan, x: torch.Tensor,
@@ -318,8 +353,11 @@ class ReceptiveFieldTracer:
         for node, op in self.ops.items():
             if op.kind == "input":
                 env[node] = x
-            elif op.kind == "const":
+            elif op.kind == "const" and node.op == "get_attr":
                 env[node] = functools.reduce(getattr, node.target.split("."), self.module)
+            elif op.kind == "const":
+                env[node] = self._call(node, torch.fx.node.map_arg(node.args, env.__getitem__),
+                                       torch.fx.node.map_arg(node.kwargs, env.__getitem__))
             elif op.kind == "output":
                 return tuple(None if box is None else cropped(n, box)
                              for n, box in zip(self._outputs(), plan.output_boxes, strict=True))
@@ -327,6 +365,11 @@ class ReceptiveFieldTracer:
                 continue  # feeds no requested window
             elif op.kind == "window":
                 env[node] = self._run_window(op.window, node, plan, env)
+            elif op.kind == "global":  # its whole input map is planned; keep the part that is needed
+                out = self._call(node, (env[node.args[0]],), {})
+                h, w = plan.sizes[node]
+                box = plan.boxes[node]
+                env[node] = out if (box.h, box.w) == (h, w) else out[..., box.y0:box.y1, box.x0:box.x1]
             elif op.kind == "upsample":
                 box, s = plan.boxes[node], op.scale
                 src = box.coarsened(s)

@@ -10,10 +10,8 @@ from search_spaces.fixed import FIXED_BACKBONES, describe_fixed
 from search_spaces.space import UnknownSpaceError, get_space
 from search_spaces.student import tap_window
 
-RUNNABLE = [n for n in FIXED_BACKBONES if n != "efficientformerv2_s0"]
 
-
-@pytest.mark.parametrize("name", RUNNABLE)
+@pytest.mark.parametrize("name", FIXED_BACKBONES)
 def test_fixed_backbone_student_runs_traces_and_has_op_keys(name, calibrate):
     arch = ArchConfig.smallest(f"fixed:{name}")
     model = TraceNetStudent(arch)
@@ -35,10 +33,14 @@ def test_fixed_backbone_student_runs_traces_and_has_op_keys(name, calibrate):
         k.out_hw[0] * k.out_hw[1] for k in arch_op_keys(arch, (96, 128), (70.0, 30.0), None))
 
 
-def test_listing_says_which_backbones_are_not_supported():
-    info = describe_fixed("efficientformerv2_s0")
-    assert not info["supported"] and "fails at other input sizes" in info["reason"]
-    assert describe_fixed("mobilenetv2_100")["tracing"].startswith("cropped")
+def test_listing_says_how_tracing_crops_each_backbone():
+    hybrid = describe_fixed("efficientformerv2_s0", flops=True)
+    assert hybrid["supported"] and hybrid["tracing"].startswith("partial: ")
+    assert "attention blocks read their whole input map" in hybrid["tracing"]
+    assert 0 < hybrid["flops_traced"] < hybrid["flops"]  # only what follows the attention is cropped
+    conv = describe_fixed("mobilenetv2_100", flops=True)
+    assert conv["tracing"].startswith("cropped") and conv["flops_traced"] / conv["flops"] < (
+        hybrid["flops_traced"] / hybrid["flops"])
 
 
 def test_fixed_spaces_are_found_by_name_and_bad_names_fail():
@@ -77,3 +79,37 @@ def test_fixed_student_exports_with_parity(tmp_path):
 
     info = export_student(TraceNetStudent(ArchConfig.smallest("fixed:mobilenetv3_small_100")), "onnx", tmp_path)
     assert info["parity_max_abs_diff"] < 1e-4
+
+
+def test_any_size_attention_equals_timm_on_its_grid_and_runs_at_other_sizes():
+    from timm.models.efficientformer_v2 import Attention2d, Attention2dDownsample
+
+    from search_spaces.any_size_attention import adapt_attention
+
+    torch.manual_seed(0)
+    for make, size in ((lambda: Attention2d(32, 8, 2, 2, resolution=7), 7),
+                       (lambda: Attention2d(32, 8, 2, 2, resolution=14, stride=2), 14),
+                       (lambda: Attention2dDownsample(32, 8, 2, 2, resolution=7, out_dim=48), 7)):
+        timm_module = make()
+        timm_module.eval()  # (timm's returns None)
+        torch.nn.init.normal_(timm_module.attention_biases)
+        adapted = adapt_attention(make()).eval()
+        adapted.load_state_dict(timm_module.state_dict())
+        x = torch.randn(1, 32, size, size)
+        with torch.no_grad():
+            assert torch.allclose(adapted(x), timm_module(x), atol=1e-5)
+            out = adapted(torch.randn(1, 32, 9, 13))  # odd, non-square: timm's forward fails here
+        assert out.shape[-2:] == ((5, 7) if isinstance(timm_module, Attention2dDownsample) else (9, 13))
+        assert adapted.train() is adapted  # timm's train() returns None
+
+
+def test_attention_op_keys_are_profiled_units(tmp_path):
+    from nas.profiler import op_module
+
+    arch = ArchConfig.smallest("fixed:efficientformerv2_s0")
+    keys = [k for k in arch_op_keys(arch, (96, 128), (70.0, 30.0), 32) if k.kind == "attention"]
+    assert {k.attr("down") for k in keys} == {0, 1}
+    for key in keys[:2] + keys[-1:]:
+        module, inputs = op_module(key)
+        with torch.no_grad():
+            assert tuple(module(*inputs).shape[-2:]) == key.out_hw

@@ -15,6 +15,7 @@ from nas.tap_metrics import instance_taps, mask_iou
 from search_spaces import ArchConfig
 from search_spaces.batchnorm import recalibrate_bn
 from search_spaces.checkpoint import CheckpointError, load_supernet, save_supernet
+from search_spaces.genome import genome_space
 from search_spaces.supernet import TraceNetSupernet
 
 TINY = "tracenet_tiny"
@@ -115,8 +116,9 @@ def test_supernet_scorer_is_miou_t_and_deterministic(tiny_supernet):
 def _linear_pairs(n: int, seed: int = 0) -> tuple[list[ArchConfig], np.ndarray]:
     rng = np.random.default_rng(seed)
     archs = [ArchConfig.sample(rng, TINY) for _ in range(n)]
-    weights = np.random.default_rng(99).normal(size=archs[0].encode().shape)
-    return archs, np.array([a.encode() @ weights for a in archs], dtype=np.float32)
+    features = genome_space(TINY).features(archs)
+    weights = np.random.default_rng(99).normal(size=features.shape[1])
+    return archs, (features @ weights).astype(np.float32)
 
 
 def test_predictor_learns_a_known_function_and_round_trips(tmp_path):

@@ -63,11 +63,13 @@ def _show_fixed(as_json: bool) -> int:
     from search_spaces.fixed import FIXED_BACKBONES, describe_fixed
 
     for name in FIXED_BACKBONES:
-        info = describe_fixed(name)
+        info = describe_fixed(name, flops=True)
         if as_json:
             print(json.dumps(info))
         elif info["supported"]:
-            print(f"{info['name']:<28} backbone {info['backbone_params'] / 1e6:5.2f} M params, tracing "
+            flops = (f"{info['flops'] / 1e9:.2f} GFLOPs full frame, {info['flops_traced'] / 1e9:.2f} traced at "
+                     f"{info['image_hw'][0]} px" if "flops" in info else "")
+            print(f"{info['name']:<28} backbone {info['backbone_params'] / 1e6:5.2f} M params, {flops}; tracing "
                   f"{info['tracing']}")
         else:
             print(f"{info['name']:<28} not supported yet: {info['reason']}")

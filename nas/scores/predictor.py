@@ -1,4 +1,4 @@
-"""Accuracy predictor: an MLP from `ArchConfig.encode()` to a supernet score (Once-for-All's recipe,
+"""Accuracy predictor: an MLP from an architecture's one-hot genome encoding to a supernet score (Once-for-All's recipe,
 3 hidden layers of 400 by default), fitted on (arch, score) pairs gathered with the supernet scorer.
 
 Pairs live in a JSON-lines file, one `{"arch": {...}, "score": float}` per line (`nas predictor
@@ -20,7 +20,7 @@ from torch import nn
 from search_spaces.arch_config import ArchConfig, ArchConfigError
 from search_spaces.checkpoint import CheckpointError, read_payload
 from search_spaces.files import atomic_write
-from search_spaces.space import get_space
+from search_spaces.genome import genome_space
 
 FORMAT = "tracenas-predictor"
 VERSION = 1
@@ -30,7 +30,7 @@ class AccuracyPredictor(nn.Module):
     def __init__(self, space: str, hidden: tuple[int, ...] = (400, 400, 400)):
         super().__init__()
         self.space, self.hidden = space, tuple(hidden)
-        widths = [get_space(space).encoding_length(), *self.hidden]
+        widths = [genome_space(space).encoding_length, *self.hidden]
         layers: list[nn.Module] = []
         for a, b in zip(widths, widths[1:], strict=False):
             layers += [nn.Linear(a, b), nn.ReLU()]
@@ -46,7 +46,12 @@ class AccuracyPredictor(nn.Module):
         wrong = sorted({a.space for a in archs} - {self.space})
         if wrong:
             raise ValueError(f"predictor for space '{self.space}' cannot score architectures of {wrong}")
-        return self(torch.from_numpy(np.stack([a.encode() for a in archs]))).numpy()
+        return self(torch.from_numpy(genome_space(self.space).features(archs))).numpy()
+
+    @torch.no_grad()
+    def predict_genomes(self, genomes: np.ndarray) -> np.ndarray:
+        """Scores of a batch of genomes of the predictor's space (the search's vectorised path)."""
+        return self(torch.from_numpy(genome_space(self.space).one_hot(genomes))).numpy()
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,7 @@ def fit_predictor(archs: list[ArchConfig], scores: np.ndarray, hidden: tuple[int
         raise ValueError(f"{len(archs)} pairs are too few to fit and hold out {heldout:.0%} (need >= 3 held out)")
     torch.manual_seed(seed)
     order = np.random.default_rng(seed).permutation(len(archs))
-    x = torch.from_numpy(np.stack([a.encode() for a in archs]))
+    x = torch.from_numpy(genome_space(archs[0].space).features(archs))
     y = torch.from_numpy(np.asarray(scores, dtype=np.float32))
     test, train = order[:n_test], order[n_test:]
     model = AccuracyPredictor(archs[0].space, hidden)
@@ -134,8 +139,15 @@ class PredictorScorer:
         self.description = (f"accuracy predictor {Path(path).name} (MLP {list(self.model.hidden)}, held-out "
                             f"Spearman {rho:.3f})" if rho is not None else f"accuracy predictor {Path(path).name}")
 
+    @property
+    def space(self) -> str:
+        return self.model.space
+
     def recipe(self) -> dict:
         return {"name": self.name, "path": self.path}
+
+    def scores_of_genomes(self, genomes: np.ndarray) -> np.ndarray:
+        return self.model.predict_genomes(genomes).astype(float)
 
     def scores(self, archs: list[ArchConfig]) -> list[float]:
         return [float(v) for v in self.model.predict(archs)] if archs else []
