@@ -9,6 +9,8 @@ half the network resolution; `window=None` computes the whole frame.
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,8 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from search_spaces.box import Box
 from search_spaces.checkpoint import load_student
-from search_spaces.head import NEGATIVE, POSITIVE
+from search_spaces.fusion import optimise_for_inference
+from search_spaces.head import NEGATIVE, POSITIVE, TapOutput
 from search_spaces.student import (
     DEFAULT_WINDOW_FRACTION,
     MASK_STRIDE,
@@ -44,10 +48,12 @@ def resize_long_side(image: np.ndarray, resolution: int, device: str | torch.dev
     its long side is `resolution` (the resize policy)."""
     h, w = image.shape[:2]
     scale = resolution / max(h, w)
-    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float() / 255
+    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None]
+    if x.device.type != "cpu":  # torch's fast uint8 antialiased resize is CPU-only
+        x = x.float()
     x = F.interpolate(x, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bilinear",
                       antialias=True, align_corners=False)
-    return normalise(x)
+    return normalise(x.float() / 255)
 
 
 class Segmenter:
@@ -59,6 +65,12 @@ class Segmenter:
         self.model = model.to(device).eval()
         self.window = window
         self.device = torch.device(device)
+
+    @functools.cached_property
+    def inference_model(self) -> TraceNetStudent:
+        """What predicts: a copy of `model` with BatchNorm folded into the convs and channels-last weights
+        (fusion.py), made at the first prediction (so set the weights, e.g. recalibrate BN, before it)."""
+        return optimise_for_inference(copy.deepcopy(self.model))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs: object) -> Segmenter:
@@ -83,18 +95,23 @@ class Segmenter:
         logits, iou = self.predict_logits(image, clicks)
         return logits > 0, iou
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict_logits(self, image: np.ndarray, clicks: Sequence[Click]) -> tuple[np.ndarray, float]:
         """Mask logits (H, W) float32 (very negative outside the computed window) and predicted IoU."""
         x, click_tensor, (nh, nw) = self.prepare(image, clicks)  # validates image and clicks
         h, w = image.shape[:2]
         ph, pw = x.shape[-2:]
         resolution = self.model.arch.resolution
-        window = None
-        if self.window is not None:
-            side = max(MASK_STRIDE, round(self.window * resolution))
-            window = tap_window((ph, pw), tuple(click_tensor[0, 0, :2].tolist()), side)
-        out = self.model(x, click_tensor, window=window)
+        tap = tuple(click_tensor[0, 0, :2].tolist())
+        window = None if self.window is None else tap_window(
+            (ph, pw), tap, max(MASK_STRIDE, round(self.window * resolution)))
+        # A window whose receptive field is the whole image is computed full-frame and cut: the same
+        # values without the cropped interpreter's overhead (and exact where squeeze-excitation pools).
+        model = self.inference_model
+        cropped = window is not None and model.plan((ph, pw), tap, window).input_box != Box.full(ph, pw)
+        out = model(x.contiguous(memory_format=torch.channels_last), click_tensor, window=window if cropped else None)
+        if window is not None and not cropped:
+            out = TapOutput(out.logits[..., window.y0:window.y1, window.x0:window.x1], out.iou, window)
         cells = out.box
         logits = torch.full((1, 1, ph, pw), -1e4, device=self.device)
         window_logits = F.interpolate(out.logits, scale_factor=float(MASK_STRIDE), mode="bilinear",

@@ -91,3 +91,58 @@ def test_checkpoint_round_trip_and_errors(tmp_path, segmenter):
         load_student(mismatched)
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_student(tmp_path / "missing.pt")
+
+
+def _random_bn_stats(model: torch.nn.Module) -> None:
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(generator=generator)
+            module.running_var.uniform_(0.5, 2.0, generator=generator)
+            module.weight.data.normal_(generator=generator)
+            module.bias.data.normal_(generator=generator)
+
+
+def test_batchnorm_folding_keeps_outputs_and_removes_every_trunk_norm():
+    import copy
+
+    from search_spaces.fusion import fold_batchnorm, optimise_for_inference
+
+    model = TraceNetStudent(ArchConfig.sample(3, TINY)).eval()
+    _random_bn_stats(model)
+    folded = copy.deepcopy(model)
+    norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.trunk.modules())
+    assert fold_batchnorm(folded.trunk) == norms > 0
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.trunk.modules())
+    optimise_for_inference(folded)
+    image, clicks = torch.randn(1, 3, 96, 128), torch.tensor([[[70.0, 30.0, 1.0]]])
+    with torch.no_grad():
+        for window in (None, dataclasses.replace(model.plan((96, 128), (70.0, 30.0), _window()).output_boxes[0])):
+            expected, got = model(image, clicks, window=window), folded(image, clicks, window=window)
+            assert torch.allclose(got.logits, expected.logits, atol=1e-4) and torch.allclose(got.iou, expected.iou,
+                                                                                           atol=1e-4)
+
+
+def _window():
+    from search_spaces.student import tap_window
+
+    return tap_window((96, 128), (70.0, 30.0), 32)
+
+
+@pytest.mark.parametrize("fraction, cropped", [(0.25, True), (1.0, False)])
+def test_windowed_prediction_equals_the_full_frame_inside_the_window(fraction, cropped):
+    from search_spaces.box import Box
+    from search_spaces.student import tap_window
+
+    arch = ArchConfig.sample(3, TINY)  # without squeeze-excitation, so that cropping is exact
+    model = TraceNetStudent(dataclasses.replace(arch, resolution=128, se=(False,) * len(arch.se))).eval()
+    _random_bn_stats(model)
+    window = tap_window((96, 128), (38.0, 58.0), round(fraction * 128))
+    assert (model.plan((96, 128), (38.0, 58.0), window).input_box != Box.full(96, 128)) == cropped  # both paths
+    image = np.random.default_rng(2).integers(0, 255, size=(96, 128, 3), dtype=np.uint8)
+    windowed, score_w = Segmenter(model, window=fraction).predict_logits(image, [(38.0, 58.0, True)])
+    full, score_f = Segmenter(model, window=None).predict_logits(image, [(38.0, 58.0, True)])
+    inside = windowed > -1e3
+    assert inside.any() and score_w == pytest.approx(score_f, abs=1e-4)
+    core = inside & np.roll(inside, 8, 0) & np.roll(inside, -8, 0) & np.roll(inside, 8, 1) & np.roll(inside, -8, 1)
+    assert core.any() and np.allclose(windowed[core], full[core], atol=1e-3)  # away from the interpolated edge
