@@ -85,12 +85,19 @@ class OnnxRuntimeBackend:
         return lambda: session.run(None, feed)
 
 
-def export_executorch(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> bytes:
-    """A .pte program with every supported op delegated to XNNPACK."""
+def export_executorch(module: nn.Module, inputs: tuple[torch.Tensor, ...],
+                      hw_range: tuple[int, int] | None = None) -> bytes:
+    """A .pte program with every supported op delegated to XNNPACK. With `hw_range` (min, max), the
+    height and width of every 4-D input are dynamic within it (one program for many shapes)."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    exported = torch.export.export(module.eval(), inputs)
+    dynamic = None
+    if hw_range is not None:
+        h, w = torch.export.Dim("h", min=hw_range[0], max=hw_range[1]), torch.export.Dim("w", min=hw_range[0],
+                                                                                        max=hw_range[1])
+        dynamic = tuple({2: h, 3: w} if t.ndim == 4 else None for t in inputs)
+    exported = torch.export.export(module.eval(), inputs, dynamic_shapes=dynamic)
     return to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
 
 
@@ -122,16 +129,26 @@ class ExecutorchXnnpackBackend:
         return _package_version("executorch")
 
     def prepare(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
-        buffer = export_executorch(module, inputs)
+        return self.prepare_shapes(module, [inputs])[0]
+
+    def prepare_shapes(self, module: nn.Module, input_sets: list[tuple[torch.Tensor, ...]]
+                       ) -> list[Callable[[], object]]:
+        """One runner per input set. Several sets share one program lowered with dynamic height and
+        width (lowering costs seconds, so a table's shape ladder is lowered once per op configuration)."""
+        sides = [s for inputs in input_sets for t in inputs if t.ndim == 4 for s in t.shape[-2:]]
+        hw_range = (min(sides), max(sides)) if len(input_sets) > 1 else None
+        buffer = export_executorch(module, input_sets[0], hw_range)
         program = self.runtime.load_program(buffer)  # reads from `buffer`: keep both alive with the method
         method = program.load_method("forward")
-        args = list(inputs)
 
-        def run() -> object:
-            _ = buffer, program
-            return method.execute(args)
+        def runner(args: list[torch.Tensor]) -> Callable[[], object]:
+            def run() -> object:
+                _ = buffer, program
+                return method.execute(args)
 
-        return run
+            return run
+
+        return [runner(list(inputs)) for inputs in input_sets]
 
 
 def get_backend(name: str, threads: int) -> TorchBackend | OnnxRuntimeBackend | ExecutorchXnnpackBackend:

@@ -171,6 +171,10 @@ def op_module(key: OpKey) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     raise ValueError(f"no module builder for op kind '{key.kind}' ({key})")
 
 
+# op kinds whose module does not depend on the shape it runs at (so one program serves a shape ladder)
+SHAPE_FREE_KINDS = ("conv", "maxpool2d", "avgpool2d", "se", "eltwise", "act", "bn")
+
+
 # ---------------------------------------------------------------- timing
 def measure(run: Callable[[], object], warmup: int = 5, min_runs: int = 10, max_runs: int = 200,
             max_seconds: float = 2.0, rel_tol: float = 0.02) -> Entry:
@@ -235,11 +239,34 @@ def profile(keys: Iterable[OpKey], out: str | Path, device: str, backend: str, t
     table = open_table(out, device_metadata(device, backend, threads, runtime.runtime_version), space)
     todo = [k for k in dict.fromkeys(keys) if str(k) not in table.entries]
     last_save = time.monotonic()
-    for key in tqdm(todo, desc=f"profile {device} ({backend}, {threads}t)", unit="op", disable=not progress):
-        module, inputs = op_module(key)
-        table.add(str(key), measure(runtime.prepare(module, inputs), **measure_options))
+    bar = tqdm(total=len(todo), desc=f"profile {device} ({backend}, {threads}t)", unit="op", disable=not progress)
+    for group in _lowering_groups(todo, shared=hasattr(runtime, "prepare_shapes")):
+        module, _ = op_module(group[0])
+        inputs = [op_module(key)[1] for key in group]
+        try:
+            runs = runtime.prepare_shapes(module, inputs) if len(group) > 1 else [runtime.prepare(module, inputs[0])]
+        except Exception:  # noqa: BLE001 - export's guards reject some dynamic ranges: lower shape by shape
+            runs = [runtime.prepare(op_module(key)[0], key_inputs) for key, key_inputs in zip(group, inputs,
+                                                                                             strict=True)]
+        for key, run in zip(group, runs, strict=True):
+            table.add(str(key), measure(run, **measure_options))
+            bar.update()
         if time.monotonic() - last_save > SAVE_EVERY_S:
             table.save(out)
             last_save = time.monotonic()
+    bar.close()
     table.save(out)
     return table
+
+
+def _lowering_groups(keys: list[OpKey], shared: bool) -> list[list[OpKey]]:
+    """Keys that can share one program: same configuration, a shape-independent module, sides >= 8
+    (smaller ones specialise under export). Without a shared-program backend, one key per group."""
+    groups: dict[str, list[OpKey]] = {}
+    singles = []
+    for key in keys:
+        if shared and key.kind in SHAPE_FREE_KINDS and min(key.out_hw) >= 8:
+            groups.setdefault(key.config, []).append(key)
+        else:
+            singles.append([key])
+    return list(groups.values()) + singles

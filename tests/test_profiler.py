@@ -155,3 +155,26 @@ def test_classifier_tail_units():
     assert inputs[0].shape == (1, 8, 6, 5) and module(*inputs).shape == (1, 8, 1, 1)
     module, inputs = op_module(OpKey.parse("linear[cin=8,cout=3]@1x1"))
     assert module(*inputs).shape == (1, 3)
+
+
+def test_executorch_lowers_one_dynamic_program_per_configuration(tmp_path, tiny_keys, monkeypatch):
+    pytest.importorskip("executorch", reason="install the [mobile] extra")
+    from nas import backends
+    from nas.profiler import _lowering_groups
+
+    config = next(k.config for k in tiny_keys if k.kind == "conv" and k.out_hw[0] >= 16)
+    ladder = [k for k in tiny_keys if k.config == config]
+    assert [len(g) for g in _lowering_groups(ladder, shared=True)].count(1) == sum(min(k.out_hw) < 8 for k in ladder)
+    big = [k for k in ladder if min(k.out_hw) >= 8]
+    runtime = backends.get_backend("executorch-xnnpack", 1)
+    module = op_module(big[0])[0]
+    inputs = [op_module(k)[1] for k in big]
+    for run, key_inputs in zip(runtime.prepare_shapes(module, inputs), inputs, strict=True):
+        with torch.no_grad():
+            assert torch.allclose(run()[0], module(*key_inputs), atol=1e-4)  # one program, every shape
+    lowered = []
+    real_export = backends.export_executorch
+    monkeypatch.setattr(backends, "export_executorch", lambda *a, **kw: lowered.append(a) or real_export(*a, **kw))
+    table = profile(big, tmp_path / "et.json", "host", "executorch-xnnpack", 1, TINY, progress=False,
+                    max_seconds=0.02)
+    assert len(lowered) == 1 and set(table.entries) == {str(k) for k in big}
