@@ -260,13 +260,14 @@ def profile(keys: Iterable[OpKey], out: str | Path, device: str, backend: str, t
 
 
 def _lowering_groups(keys: list[OpKey], shared: bool) -> list[list[OpKey]]:
-    """Keys that can share one program: same configuration, a shape-independent module, sides >= 8
-    (smaller ones specialise under export). Without a shared-program backend, one key per group."""
-    groups: dict[str, list[OpKey]] = {}
+    """Keys that can share one program: same configuration and a shape-independent module, with output
+    sides in 2..7 or >= 8 (export specialises sizes 0 and 1, and its guards differ between tiny and
+    large maps). Without a shared-program backend, one key per group."""
+    groups: dict[tuple[str, bool], list[OpKey]] = {}
     singles = []
     for key in keys:
-        if shared and key.kind in SHAPE_FREE_KINDS and min(key.out_hw) >= 8:
-            groups.setdefault(key.config, []).append(key)
+        if shared and key.kind in SHAPE_FREE_KINDS and min(key.out_hw) >= 2:
+            groups.setdefault((key.config, min(key.out_hw) >= 8), []).append(key)
         else:
             singles.append([key])
     return list(groups.values()) + singles
