@@ -26,8 +26,9 @@ EPILOG = """examples:
   optuna-dashboard sqlite:///runs/search/iphone13-5ms-20261122-101500/study.db
 
 output (in --out): best_arch.json (arch, target, budget_ms, predicted_latency_ms, score, score_kind,
-table, seed, latency_setting), pareto.csv, pareto.png, study.db (Optuna RDB storage), search_config.json
-and search.log; with several targets, one folder per target holds its result files."""
+table, seed, latency_setting), pareto.csv, pareto.png, study.db (Optuna RDB storage: every trial of nsga2 and
+tpe; evolution's parents, Pareto front and state), search_config.json and search.log; with several targets,
+one folder per target holds its result files."""
 
 
 def _budgets(text: str) -> tuple[float, ...]:
