@@ -85,10 +85,12 @@ class OnnxRuntimeBackend:
         return lambda: session.run(None, feed)
 
 
-def export_executorch(module: nn.Module, inputs: tuple[torch.Tensor, ...],
-                      hw_range: tuple[int, int] | None = None) -> bytes:
-    """A .pte program with every supported op delegated to XNNPACK. With `hw_range` (min, max), the
-    height and width of every 4-D input are dynamic within it (one program for many shapes)."""
+def channels_last(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """4-D inputs in NHWC memory order, the layout XNNPACK computes in."""
+    return tuple(t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t for t in inputs)
+
+
+def _lower_to_xnnpack(module: nn.Module, inputs: tuple[torch.Tensor, ...], hw_range: tuple[int, int] | None):
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
@@ -98,7 +100,50 @@ def export_executorch(module: nn.Module, inputs: tuple[torch.Tensor, ...],
                                                                                         max=hw_range[1])
         dynamic = tuple({2: h, 3: w} if t.ndim == 4 else None for t in inputs)
     exported = torch.export.export(module.eval(), inputs, dynamic_shapes=dynamic)
-    return to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
+    return to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+
+
+def export_executorch(module: nn.Module, inputs: tuple[torch.Tensor, ...],
+                      hw_range: tuple[int, int] | None = None) -> bytes:
+    """A .pte program with every supported op delegated to XNNPACK. With `hw_range` (min, max), the
+    height and width of every 4-D input are dynamic within it (one program for many shapes)."""
+    return _lower_to_xnnpack(module, inputs, hw_range).to_executorch().buffer
+
+
+# layouts `lower_executorch` chooses for a program's 4-D inputs
+NHWC, NCHW_PORTABLE, NCHW_1X1 = "nhwc", "nchw: portable kernels", "nchw: a 1x1 map"
+
+
+def _layout_of(lowered) -> str:
+    graph = lowered.exported_program().graph_module.graph
+    if any(n.op == "call_function" and n.target.__name__ not in ("executorch_call_delegate", "getitem")
+           for n in graph.nodes):
+        return NCHW_PORTABLE
+    tensors = [n.meta["val"] for n in graph.nodes if n.op == "placeholder" and "val" in n.meta]
+    tensors += [v.meta["val"] for n in graph.nodes if n.op == "output" for v in n.args[0] if "val" in v.meta]
+    if any(t.ndim == 4 and tuple(t.shape[-2:]) == (1, 1) for t in tensors if hasattr(t, "ndim")):
+        return NCHW_1X1
+    return NHWC
+
+
+def lower_executorch(module: nn.Module, inputs: tuple[torch.Tensor, ...], hw_range: tuple[int, int] | None = None,
+                     try_nhwc: bool = True) -> tuple[bytes, str]:
+    """`export_executorch`, and the layout its 4-D inputs take: NHWC, NCHW_PORTABLE or NCHW_1X1.
+
+    Inside a network XNNPACK keeps activations NHWC from op to op, so a table unit it runs entirely
+    is lowered for NHWC inputs: fed NCHW, it would pay a layout conversion on each side that in the
+    network only the input and output pay (1x1 conv at 128x128: 0.51 ms NCHW, 0.31 ms NHWC). Units
+    (and programs) with portable kernels, which compute NCHW, keep NCHW, as do 1x1 maps (ExecuTorch
+    rejects their ambiguous layout at run time). `try_nhwc=False` skips the NHWC attempt (a lowering
+    costs seconds) for a module already known to need portable kernels."""
+    if try_nhwc:
+        lowered = _lower_to_xnnpack(module, channels_last(inputs), hw_range)
+        layout = _layout_of(lowered)
+        if layout == NHWC:
+            return lowered.to_executorch().buffer, NHWC
+    else:
+        layout = NCHW_PORTABLE
+    return export_executorch(module, inputs, hw_range), layout
 
 
 def export_coreml(module: nn.Module, inputs: tuple[torch.Tensor, ...]):
@@ -123,6 +168,7 @@ class ExecutorchXnnpackBackend:
         portable_lib._unsafe_reset_threadpool(threads)  # XNNPACK's thread pool is process-wide
         self.runtime = Runtime.get()
         self.threads = threads
+        self._portable_modules: set[str] = set()  # module reprs (no weights, no shapes) that need portable kernels
 
     @property
     def runtime_version(self) -> str:
@@ -134,10 +180,16 @@ class ExecutorchXnnpackBackend:
     def prepare_shapes(self, module: nn.Module, input_sets: list[tuple[torch.Tensor, ...]]
                        ) -> list[Callable[[], object]]:
         """One runner per input set. Several sets share one program lowered with dynamic height and
-        width (lowering costs seconds, so a table's shape ladder is lowered once per op configuration)."""
+        width (lowering costs seconds, so a table's shape ladder is lowered once per op configuration),
+        with the layout of `lower_executorch`."""
         sides = [s for inputs in input_sets for t in inputs if t.ndim == 4 for s in t.shape[-2:]]
         hw_range = (min(sides), max(sides)) if len(input_sets) > 1 else None
-        buffer = export_executorch(module, input_sets[0], hw_range)
+        buffer, layout = lower_executorch(module, input_sets[0], hw_range,
+                                          try_nhwc=repr(module) not in self._portable_modules)
+        if layout == NCHW_PORTABLE:
+            self._portable_modules.add(repr(module))
+        if layout == NHWC:
+            input_sets = [channels_last(inputs) for inputs in input_sets]
         program = self.runtime.load_program(buffer)  # reads from `buffer`: keep both alive with the method
         method = program.load_method("forward")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from nas import __version__
-from nas.backends import export_coreml, export_executorch, export_onnx
+from nas.backends import NHWC, export_coreml, export_onnx, lower_executorch
 from nas.latency_table import Entry, LatencyTable, LatencyTableError
 from nas.op_keys import OpKey
 from nas.profiler import measure, op_module
@@ -61,26 +61,30 @@ class Entry(dict):
 {measure_source}
 
 
-def load(backend, path, threads):
+def load(backend, path, threads, inputs, channels_last):
+    """A zero-argument callable that runs the op on `inputs` (converted once, outside the timing)."""
     if backend == "onnxruntime":
         import onnxruntime as ort
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        names = [i.name for i in session.get_inputs()]
-        return lambda inputs: session.run(None, dict(zip(names, inputs))), "onnxruntime " + ort.__version__
+        feed = dict(zip([i.name for i in session.get_inputs()], inputs))
+        return lambda: session.run(None, feed), "onnxruntime " + ort.__version__
     if backend == "executorch-xnnpack":
         import torch
         from executorch.extension.pybindings import portable_lib
         from executorch.runtime import Runtime
         portable_lib._unsafe_reset_threadpool(threads)
         method = Runtime.get().load_program(path).load_method("forward")
-        return lambda inputs: method.execute([torch.from_numpy(x) for x in inputs]), "executorch"
+        # units XNNPACK runs entirely were lowered for NHWC inputs, as the host profiler measures them
+        args = [torch.from_numpy(x).contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4
+                else torch.from_numpy(x) for x in inputs]
+        return lambda: method.execute(args), "executorch"
     if backend == "coreml":
         import coremltools as ct
         model = ct.models.MLModel(str(path))
-        names = [i.name for i in model.get_spec().description.input]
-        return lambda inputs: model.predict(dict(zip(names, inputs))), "coreml " + ct.__version__
+        feed = dict(zip([i.name for i in model.get_spec().description.input], inputs))
+        return lambda: model.predict(feed), "coreml " + ct.__version__
     raise SystemExit("unknown backend " + backend)
 
 
@@ -94,8 +98,9 @@ def main():
     for i, op in enumerate(manifest["ops"]):
         rng = np.random.default_rng(i)
         inputs = [rng.standard_normal(s).astype(np.float32) for s in op["input_shapes"]]
-        run_op, runtime = load(manifest["backend"], HERE / op["file"], args.threads)
-        results[op["key"]] = dict(measure(lambda: run_op(inputs), max_seconds=args.max_seconds))
+        run_op, runtime = load(manifest["backend"], HERE / op["file"], args.threads, inputs,
+                               op.get("channels_last", False))
+        results[op["key"]] = dict(measure(run_op, max_seconds=args.max_seconds))
         print(f"{{i + 1}}/{{len(manifest['ops'])}} {{op['key']}}: {{results[op['key']]['median']:.3f}} ms", flush=True)
     out = {{"schema": "{results_schema}", "version": {version_int}, "backend": manifest["backend"],
            "runtime": runtime, "threads": args.threads, "hardware": platform.processor() or platform.machine(),
@@ -109,16 +114,19 @@ if __name__ == "__main__":
 '''
 
 
-def _export(backend: str, key: OpKey, path: Path) -> list[list[int]]:
+def _export(backend: str, key: OpKey, path: Path) -> dict:
+    """Write the unit's model file; the manifest fields its runner needs to feed it."""
     module, inputs = op_module(key)
     module = module.eval()
+    layout = None
     if backend == "onnxruntime":
         path.write_bytes(export_onnx(module, inputs))
     elif backend == "executorch-xnnpack":
-        path.write_bytes(export_executorch(module, inputs))
+        program, layout = lower_executorch(module, inputs)
+        path.write_bytes(program)
     else:
         export_coreml(module, inputs).save(str(path))
-    return [list(t.shape) for t in inputs]
+    return {"input_shapes": [list(t.shape) for t in inputs], "channels_last": layout == NHWC}
 
 
 def write_bundle(keys: list[OpKey], backend: str, out_dir: str | Path, space: str | None = None,
@@ -131,7 +139,7 @@ def write_bundle(keys: list[OpKey], backend: str, out_dir: str | Path, space: st
     ops = []
     for i, key in enumerate(tqdm(keys, desc=f"bundle ({backend})", unit="op", disable=not progress)):
         file = Path("ops") / f"{i:05d}{BUNDLE_BACKENDS[backend]}"
-        ops.append({"key": str(key), "file": str(file), "input_shapes": _export(backend, key, out_dir / file)})
+        ops.append({"key": str(key), "file": str(file), **_export(backend, key, out_dir / file)})
     manifest = {"schema": BUNDLE_SCHEMA, "version": VERSION, "backend": backend, "space": space,
                 "tool_version": __version__, "ops": ops}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))

@@ -95,26 +95,22 @@ class _Upsample(nn.Module):
 
 
 class _Clicks(nn.Module):
-    """Click maps over a region, concatenated to the image crop (the student's input stage)."""
-
-    def __init__(self, h: int, w: int):
-        super().__init__()
-        self.h, self.w = h, w
+    """Click maps over the image crop, concatenated to it (the student's input stage). The region is
+    the crop's own size, so one exported program serves every size."""
 
     def forward(self, image: torch.Tensor, clicks: torch.Tensor) -> torch.Tensor:
-        return torch.cat([image, encode_clicks(clicks, Box(0, self.h, 0, self.w))], dim=1)
+        return torch.cat([image, encode_clicks(clicks, Box.full(*image.shape[-2:]))], dim=1)
 
 
 class _Head(nn.Module):
-    """Relative coordinates + the tap-conditioned head over a window of cells."""
+    """Relative coordinates + the tap-conditioned head over the window of cells `mask_features` covers."""
 
-    def __init__(self, f: int, cm: int, layers: int, hidden: int, h: int, w: int):
+    def __init__(self, f: int, cm: int, layers: int, hidden: int):
         super().__init__()
         self.head = TapHead(f, cm, layers, hidden)
-        self.h, self.w = h, w
 
     def forward(self, mask_features: torch.Tensor, tap_feature: torch.Tensor, tap: torch.Tensor) -> torch.Tensor:
-        coords = relative_coords(tap, Box(0, self.h, 0, self.w), MASK_STRIDE)
+        coords = relative_coords(tap, Box.full(*mask_features.shape[-2:]), MASK_STRIDE)
         return self.head(mask_features, tap_feature, coords)[0]
 
 
@@ -144,10 +140,10 @@ def op_module(key: OpKey) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
         return _Upsample(s, h, w), (torch.randn(1, int(a["c"]), math.ceil(h / s), math.ceil(w / s)),)
     if key.kind == "clicks":
         clicks = torch.tensor([[[w / 2, h / 2, 1.0], [w / 4, h / 4, 0.0]]])
-        return _Clicks(h, w), (torch.randn(1, int(a["c"]) - 2, h, w), clicks)
+        return _Clicks(), (torch.randn(1, int(a["c"]) - 2, h, w), clicks)
     if key.kind == "tap_head":
         f, cm = int(a["f"]), int(a["cm"])
-        module = _Head(f, cm, int(a["layers"]), int(a["hidden"]), h, w)
+        module = _Head(f, cm, int(a["layers"]), int(a["hidden"]))
         return module, (torch.randn(1, cm, h, w), torch.randn(1, f), torch.tensor([[w * 4.0, h * 4.0]]))
     if key.kind == "gpool":  # global average pooling of an `in`-sized map (classifier tails)
         ih, iw = (int(v) for v in str(a["in"]).split("x"))
@@ -171,8 +167,9 @@ def op_module(key: OpKey) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     raise ValueError(f"no module builder for op kind '{key.kind}' ({key})")
 
 
-# op kinds whose module does not depend on the shape it runs at (so one program serves a shape ladder)
-SHAPE_FREE_KINDS = ("conv", "maxpool2d", "avgpool2d", "se", "eltwise", "act", "bn")
+# op kinds whose module does not depend on the shape it runs at, so one program serves a shape ladder
+# (not tap_head: its dynamic 1x1 convs reshape over height and width, which XNNPACK cannot make dynamic)
+SHAPE_FREE_KINDS = ("conv", "maxpool2d", "avgpool2d", "se", "eltwise", "act", "bn", "clicks")
 
 
 # ---------------------------------------------------------------- timing

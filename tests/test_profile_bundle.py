@@ -15,7 +15,8 @@ TINY = "tracenet_tiny"
 @pytest.fixture(scope="module")
 def keys():
     all_keys = profile_keys(TINY)
-    return [k for k in all_keys if k.kind == "conv"][:2] + [k for k in all_keys if k.kind == "clicks"][:1]
+    convs = [k for k in all_keys if k.kind == "conv" and min(k.out_hw) >= 2]
+    return convs[:2] + [k for k in all_keys if k.kind == "clicks"][:1]
 
 
 def _run_on_device(bundle):
@@ -30,10 +31,13 @@ def _run_on_device(bundle):
 @pytest.mark.parametrize("backend, module", [("onnxruntime", "onnxruntime"), ("executorch-xnnpack", "executorch")])
 def test_bundle_runs_on_this_host_and_imports_as_a_table(tmp_path, keys, backend, module, capsys):
     pytest.importorskip(module, reason="install the [mobile] extra")
-    chosen = keys if backend == "onnxruntime" else keys[:1]
+    chosen = keys if backend == "onnxruntime" else keys[1:]
     bundle = write_bundle(chosen, backend, tmp_path / "bundle", TINY, progress=False)
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert [op["key"] for op in manifest["ops"]] == [str(k) for k in chosen]
+    # ExecuTorch: the conv (all XNNPACK) is fed NHWC, the click encoding (portable kernels) NCHW
+    assert [op["channels_last"] for op in manifest["ops"]] == [backend == "executorch-xnnpack" and k.kind == "conv"
+                                                               for k in chosen]
     assert all((bundle / op["file"]).is_file() for op in manifest["ops"])
     results = _run_on_device(bundle)
     out = tmp_path / "board.json"

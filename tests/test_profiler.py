@@ -175,8 +175,22 @@ def test_executorch_lowers_one_dynamic_program_per_configuration(tmp_path, tiny_
         with torch.no_grad():
             assert torch.allclose(run()[0], module(*key_inputs), atol=1e-4)  # one program, every shape
     lowered = []
-    real_export = backends.export_executorch
-    monkeypatch.setattr(backends, "export_executorch", lambda *a, **kw: lowered.append(a) or real_export(*a, **kw))
+    real_lower = backends._lower_to_xnnpack
+    monkeypatch.setattr(backends, "_lower_to_xnnpack", lambda *a, **kw: lowered.append(a) or real_lower(*a, **kw))
     table = profile(big, tmp_path / "et.json", "host", "executorch-xnnpack", 1, TINY, progress=False,
                     max_seconds=0.02)
     assert len(lowered) == 1 and set(table.entries) == {str(k) for k in big}
+
+
+def test_executorch_units_take_the_layout_they_run_in_within_a_network():
+    pytest.importorskip("executorch", reason="install the [mobile] extra")
+    from nas.backends import NCHW_1X1, NCHW_PORTABLE, NHWC, get_backend, lower_executorch
+
+    conv = op_module(OpKey.parse("conv[act=relu,cin=8,cout=16,d=1,g=1,k=3,s=1]@6x6"))
+    upsample = op_module(OpKey.parse("upsample[c=8,scale=2]@6x6"))  # a portable kernel: NCHW
+    point = op_module(OpKey.parse("conv[act=relu,cin=8,cout=16,d=1,g=1,k=3,s=1]@1x1"))  # 1x1 maps: NCHW
+    assert [lower_executorch(*unit)[1] for unit in (conv, upsample, point)] == [NHWC, NCHW_PORTABLE, NCHW_1X1]
+    runtime = get_backend("executorch-xnnpack", 1)
+    for module, inputs in (conv, upsample, point):
+        with torch.no_grad():
+            assert torch.allclose(runtime.prepare(module, inputs)()[0], module(*inputs), atol=1e-4)

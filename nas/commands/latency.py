@@ -72,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "validate", help="benchmark a table: predicted vs measured latency of random subnets",
         description="Build N random subnets of the table's space, export each one's traced one-tap program "
                     "(reference setting) to the backend, measure it end to end on this machine and compare with "
-                    "the table's prediction. Prints within_10pct (fraction within +-10%%), mape and spearman. "
+                    "the table's prediction. Prints within_10pct (fraction within ±10 %), mape and spearman. "
                     "A benchmark, not a test: run it on an idle machine with the table's backend and threads.")
     validate.add_argument("--target", required=True, help="shipped table name or table .json path")
     validate.add_argument("--backend", required=True, choices=BACKENDS)

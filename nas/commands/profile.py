@@ -19,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Enumerate every op configuration the space can produce (convs fused with their BN and "
                     "activation, SE, adds, upsamples, the click encoding and the tap head), export each at a "
                     "ladder of square output shapes to the backend, and time it: warm-up, repeats until the "
-                    "median is stable (2%%), outliers outside 1.5 IQR dropped. The table is written as it goes; "
+                    "median is stable (2 %), outliers outside 1.5 IQR dropped. ExecuTorch units that XNNPACK runs "
+                    "entirely are fed NHWC, as inside a network. The table is written as it goes; "
                     "rerunning the same command resumes. Cropped shapes from tracing and other resolutions "
                     "are priced by interpolating in output area between ladder shapes.",
         epilog="examples:\n  nas profile --device x86-2core-ort-2t --backend onnxruntime --threads 2 "

@@ -1,0 +1,94 @@
+"""Where does a latency table's end-to-end error come from? (issue B, `nas latency validate`)
+
+For N random `tracenet_mbv3` subnets at the reference setting this measures, on one backend:
+- `e2e_a`, `e2e_b`: the traced one-tap program end to end, twice (pass b in reverse order): the
+  repeatability of the measurement itself, the ceiling for any table;
+- `exact_sum`: every traced unit exported alone at its exact (cropped, non-square) shape and
+  measured, summed: what a table without shape bucketing would predict;
+- `table`: the table's prediction (shape ladder + interpolation).
+It prints within_10pct / MAPE / Spearman for table vs exact_sum (bucketing error), exact_sum vs e2e
+(additivity: fusion, call overhead, caches) and table vs e2e (what `validate` reports).
+
+usage: python benchmarks/latency_error_sources.py --table latency_tables/x86-2core-ort-2t.json \
+           --backend onnxruntime --threads 2 [--n 20] [--seed 0] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from nas.backends import get_backend
+from nas.latency_predict import setting_op_keys
+from nas.latency_setting import REFERENCE_SETTING
+from nas.latency_table import LatencyTable
+from nas.latency_validate import accuracy
+from nas.profiler import measure, op_module
+from search_spaces.arch_config import ArchConfig
+from search_spaces.student import TraceNetStudent
+from search_spaces.traced_tap import TracedTap
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--table", required=True)
+    parser.add_argument("--backend", required=True)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--n", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="also write every case here")
+    args = parser.parse_args()
+
+    table = LatencyTable.load(args.table)
+    runtime = get_backend(args.backend, args.threads)
+    rng = np.random.default_rng(args.seed)
+    torch.manual_seed(args.seed)
+    archs = [ArchConfig.sample(rng, table.space) for _ in range(args.n)]
+    programs = []
+    for arch in archs:
+        program = TracedTap(TraceNetStudent(arch), REFERENCE_SETTING.input_hw(arch), REFERENCE_SETTING.tap_xy(arch),
+                            REFERENCE_SETTING.window_px(arch))
+        programs.append(runtime.prepare(program, program.example_inputs()))
+
+    unit_ms: dict[str, float] = {}  # each distinct exact-shape unit measured once
+    cases = []
+    for arch in tqdm(archs, desc="units", unit="arch"):
+        keys = setting_op_keys(arch, REFERENCE_SETTING)
+        for key in keys:
+            if str(key) not in unit_ms:
+                module, inputs = op_module(key)
+                unit_ms[str(key)] = measure(runtime.prepare(module, inputs)).mean
+        cases.append({"arch": arch.to_dict(), "table": table.predict(keys).total_ms,
+                      "exact_sum": table.overhead_ms + sum(unit_ms[str(k)] for k in keys)})
+    for case, run in zip(cases, tqdm(programs, desc="e2e a", unit="arch"), strict=True):
+        case["e2e_a"] = measure(run).median
+    for case, run in zip(reversed(cases), tqdm(programs[::-1], desc="e2e b", unit="arch"), strict=True):
+        case["e2e_b"] = measure(run).median
+
+    def column(name: str) -> list[float]:
+        return [c[name] for c in cases]
+
+    rows = {"repeatability (e2e_b vs e2e_a)": ("e2e_b", "e2e_a"),
+            "bucketing (table vs exact_sum)": ("table", "exact_sum"),
+            "additivity (exact_sum vs e2e_a)": ("exact_sum", "e2e_a"),
+            "validate (table vs e2e_a)": ("table", "e2e_a")}
+    print(f"{table.name} on {args.backend}, {args.threads} threads, n={args.n}, seed={args.seed}")
+    print(f"{'':34} within_10pct   mape  spearman  mean ratio")
+    summary = {}
+    for label, (pred, meas) in rows.items():
+        stats = accuracy(column(pred), column(meas))
+        stats["mean_ratio"] = float(np.mean(np.array(column(pred)) / np.array(column(meas))))
+        summary[label] = stats
+        print(f"{label:34} {stats['within_10pct']:12.2f} {stats['mape']:6.1%} {stats['spearman']:9.3f}"
+              f" {stats['mean_ratio']:11.3f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"summary": summary, "cases": cases}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
