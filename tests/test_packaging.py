@@ -26,7 +26,7 @@ def test_shipped_tables_load_and_resolve_by_name(capsys):
     from nas.latency_table import resolve_target
 
     shipped = latency_tables.shipped_tables()
-    assert {"x86-2core-ort-1t", "x86-2core-ort-2t"} <= set(shipped)
+    assert {"x86-2core-ort-1t", "x86-2core-ort-2t", "x86-2core-xnnpack-1t"} <= set(shipped)
     for name in shipped:
         table = resolve_target(name)
         assert table.name == name and table.entries
