@@ -30,7 +30,6 @@ from nas.latency_validate import accuracy
 from nas.profiler import measure, op_module
 from search_spaces.arch_config import ArchConfig
 from search_spaces.student import TraceNetStudent
-from search_spaces.traced_tap import TracedTap
 
 
 def main() -> None:
@@ -50,8 +49,7 @@ def main() -> None:
     archs = [ArchConfig.sample(rng, table.space) for _ in range(args.n)]
     programs = []
     for arch in archs:
-        program = TracedTap(TraceNetStudent(arch), REFERENCE_SETTING.input_hw(arch), REFERENCE_SETTING.tap_xy(arch),
-                            REFERENCE_SETTING.window_px(arch))
+        program = REFERENCE_SETTING.program(TraceNetStudent(arch))
         programs.append(runtime.prepare(program, program.example_inputs()))
 
     unit_ms: dict[str, float] = {}  # each distinct exact-shape unit measured once

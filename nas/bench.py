@@ -20,7 +20,6 @@ from nas.latency_setting import REFERENCE_SETTING, LatencySetting
 from nas.latency_table import LatencyTable, available_targets
 from nas.profiler import measure
 from search_spaces.student import TraceNetStudent
-from search_spaces.traced_tap import TracedTap
 
 
 def _status_kb(field: str) -> int:
@@ -55,7 +54,7 @@ def bench(model: TraceNetStudent, backend: str, threads: int, setting: LatencySe
           table: LatencyTable | None = None) -> dict:
     arch = model.arch
     runtime = get_backend(backend, threads)
-    program = TracedTap(model.eval(), setting.input_hw(arch), setting.tap_xy(arch), setting.window_px(arch))
+    program = setting.program(model)
     inputs = program.example_inputs()
     run = runtime.prepare(program, inputs)
     entry, peak = peak_memory_mb(lambda: measure(run))

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from search_spaces.arch_config import ArchConfig
-from search_spaces.student import DEFAULT_WINDOW_FRACTION, SIZE_MULTIPLE
+from search_spaces.student import DEFAULT_WINDOW_FRACTION, SIZE_MULTIPLE, TraceNetStudent
+from search_spaces.traced_tap import TracedTap
 
 
 def parse_image_size(text: str) -> tuple[int, int]:
@@ -50,6 +51,11 @@ class LatencySetting:
 
     def window_px(self, arch: ArchConfig) -> int | None:
         return None if self.window is None else max(8, round(self.window * arch.resolution))
+
+    def program(self, model: TraceNetStudent) -> TracedTap:
+        """The one-tap program a latency at this setting is quoted for (what validate and bench time)."""
+        arch = model.arch
+        return TracedTap(model.eval(), self.input_hw(arch), self.tap_xy(arch), self.window_px(arch))
 
     def describe(self) -> dict:
         return {"image_size": "resolution-wide 4:3" if self.image_size is None else

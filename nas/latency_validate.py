@@ -15,7 +15,6 @@ from nas.profiler import measure
 from search_spaces.arch_config import ArchConfig
 from search_spaces.space import DEFAULT_SPACE
 from search_spaces.student import TraceNetStudent
-from search_spaces.traced_tap import TracedTap
 
 
 def accuracy(predicted: list[float], measured: list[float]) -> dict:
@@ -38,8 +37,7 @@ def validate(table: LatencyTable, backend: str, threads: int, n: int, seed: int 
     cases = []
     for _ in tqdm(range(n), desc=f"validate {table.name}", unit="arch", disable=not progress):
         arch = ArchConfig.sample(rng, space)
-        program = TracedTap(TraceNetStudent(arch), setting.input_hw(arch), setting.tap_xy(arch),
-                            setting.window_px(arch))
+        program = setting.program(TraceNetStudent(arch))
         measured = measure(runtime.prepare(program, program.example_inputs())).median
         cases.append({"arch": arch.to_dict(), "predicted_ms": predict_latency(arch, table, setting).latency_ms,
                       "measured_ms": measured})
