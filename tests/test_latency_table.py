@@ -113,3 +113,26 @@ def test_latency_setting_validation():
         LatencySetting(window=1.5)
     with pytest.raises(ValueError, match="tap"):
         LatencySetting(tap=(1.2, 0.5))
+
+
+def test_validate_measures_random_subnets_and_feeds_calibrate(tmp_path, tiny_table_path, capsys):
+    from nas.cli import main
+    from nas.latency_predict import predict_latency
+    from nas.latency_setting import REFERENCE_SETTING
+    from search_spaces.arch_config import ArchConfig
+
+    csv = tmp_path / "e2e.csv"
+    assert main(["latency", "validate", "--target", str(tiny_table_path), "--backend", "torch", "--n", "3",
+                 "--json", "--measurements-out", str(csv)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    table = LatencyTable.load(tiny_table_path)
+    assert report["n"] == 3 and report["space"] == "tracenet_tiny" and len(report["cases"]) == 3
+    for case in report["cases"]:  # predicted is the table's sum; measured is a real timing
+        arch = ArchConfig.from_dict(case["arch"])
+        assert case["predicted_ms"] == pytest.approx(predict_latency(arch, table, REFERENCE_SETTING).latency_ms)
+        assert case["measured_ms"] > 0
+    assert 0 <= report["within_10pct"] <= 1 and report["mape"] >= 0
+    assert main(["latency", "calibrate", "--base", str(tiny_table_path), "--measurements", str(csv),
+                 "--out", str(tmp_path / "cal.json")]) == 0
+    assert LatencyTable.load(tmp_path / "cal.json").provenance == "calibrated"
+    assert main(["latency", "validate", "--target", str(tiny_table_path), "--backend", "torch", "--n", "1"]) == 2
