@@ -202,7 +202,7 @@ class LatencyTable:
     def summary(self) -> dict:
         return {"name": self.name, "provenance": self.provenance, "entries": len(self.entries),
                 "runtime": self.device.get("runtime"), "threads": self.device.get("threads"),
-                "calibration_error": (self.calibration or {}).get("loo_mape")}
+                "calibration_error": (self.calibration or {}).get("loo_mape"), "notes": self.notes}
 
 
 class UnknownTargetError(LatencyTableError):

@@ -73,13 +73,12 @@ def load(backend, path, threads, inputs, channels_last):
     if backend == "executorch-xnnpack":
         import torch
         from executorch.extension.pybindings import portable_lib
-        from executorch.runtime import Runtime
         portable_lib._unsafe_reset_threadpool(threads)
-        method = Runtime.get().load_program(path).load_method("forward")
+        method = portable_lib._load_program(str(path)).load_method("forward")
         # units XNNPACK runs entirely were lowered for NHWC inputs, as the host profiler measures them
-        args = [torch.from_numpy(x).contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4
-                else torch.from_numpy(x) for x in inputs]
-        return lambda: method.execute(args), "executorch"
+        method.set_inputs([torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+                           if channels_last and x.ndim == 4 else torch.from_numpy(x) for x in inputs])
+        return method.execute, "executorch"  # the program only: inputs set once, outputs not copied out
     if backend == "coreml":
         import coremltools as ct
         model = ct.models.MLModel(str(path))

@@ -26,7 +26,7 @@ def test_shipped_tables_load_and_resolve_by_name(capsys):
     from nas.latency_table import resolve_target
 
     shipped = latency_tables.shipped_tables()
-    assert {"x86-2core-ort-1t", "x86-2core-ort-2t", "x86-2core-xnnpack-1t"} <= set(shipped)
+    assert {"x86-2core-ort-1t", "x86-2core-ort-2t", "x86-2core-xnnpack-1t", "x86-2core-xnnpack-2t"} <= set(shipped)
     for name in shipped:
         table = resolve_target(name)
         assert table.name == name and table.entries
@@ -34,6 +34,8 @@ def test_shipped_tables_load_and_resolve_by_name(capsys):
     assert main(["latency", "tables", "--json"]) == 0
     rows = [__import__("json").loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {r["target"] for r in rows} == set(shipped)
+    assert main(["latency", "tables"]) == 0  # a measured table's notes carry its validation
+    assert resolve_target("x86-2core-xnnpack-2t").notes in capsys.readouterr().out
 
 
 def test_shipped_host_tables_cover_the_default_space():

@@ -79,6 +79,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     validate.add_argument("--threads", type=positive_int, default=1)
     validate.add_argument("--n", type=positive_int, default=100, help="random subnets (default 100)")
     validate.add_argument("--seed", type=int, default=0)
+    validate.add_argument("--rounds", type=positive_int, default=3,
+                          help="interleaved timing passes over all subnets; each keeps its fastest (default 3)")
     validate.add_argument("--space", help="space to sample (default: the table's)")
     validate.add_argument("--json", action="store_true", help="print one JSON object with per-arch cases")
     validate.add_argument("--measurements-out", metavar="CSV",
@@ -119,7 +121,8 @@ def _tables(args: argparse.Namespace) -> int:
             error = summary["calibration_error"]
             print(f"{name:<28} {summary['provenance']:<10} {summary['runtime'] or '-':<20} "
                   f"threads={summary['threads']} entries={summary['entries']}"
-                  + (f" loo_mape={error:.1%}" if error is not None else ""))
+                  + (f" loo_mape={error:.1%}" if error is not None else "")
+                  + (f"\n{'':<28} {summary['notes']}" if summary["notes"] else ""))
     return 0
 
 
@@ -145,7 +148,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     table = resolve_target(args.target)
-    report = validate(table, args.backend, args.threads, args.n, args.seed, args.space, progress=not args.json)
+    report = validate(table, args.backend, args.threads, args.n, args.seed, args.space, rounds=args.rounds,
+                      progress=not args.json)
     if args.measurements_out:
         write_measurements(args.measurements_out, [ArchConfig.from_dict(c["arch"]) for c in report["cases"]],
                            [c["measured_ms"] for c in report["cases"]])
