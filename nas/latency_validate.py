@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from scipy.stats import spearmanr
@@ -33,7 +31,8 @@ def validate(table: LatencyTable, backend: str, threads: int, n: int, seed: int 
 
     The programs are timed in `rounds` interleaved passes and each keeps its fastest pass's median:
     on a shared VM a slow phase lasts seconds to minutes and would otherwise double the latency of
-    whichever network it hit (seen on this 2-core VM at 2 threads), not of one pass of each."""
+    whichever network it hit (seen on this 2-core VM at 2 threads), not of one pass of each. All `n`
+    programs stay loaded until the last pass."""
     if n < 2:
         raise ValueError(f"--n must be at least 2 to rank architectures, got {n}")
     if rounds < 1:
@@ -48,11 +47,12 @@ def validate(table: LatencyTable, backend: str, threads: int, n: int, seed: int 
         program = setting.program(TraceNetStudent(arch))
         runs.append(runtime.prepare(program, program.example_inputs()))
         cases.append({"arch": arch.to_dict(), "predicted_ms": predict_latency(arch, table, setting).latency_ms,
-                      "measured_ms": math.inf, "round_ms": []})
+                      "round_ms": []})
     for _ in tqdm(range(rounds), desc=f"validate {table.name}: time", unit="round", disable=not progress):
         for case, run in zip(cases, runs, strict=True):
             case["round_ms"].append(measure(run).median)
-            case["measured_ms"] = min(case["round_ms"])
+    for case in cases:
+        case["measured_ms"] = min(case["round_ms"])
     summary = accuracy([c["predicted_ms"] for c in cases], [c["measured_ms"] for c in cases])
     return {"target": table.name, "backend": backend, "threads": threads, "n": n, "seed": seed, "space": space,
             "table_runtime": table.device.get("runtime"), "table_threads": table.device.get("threads"),
