@@ -194,14 +194,15 @@ class ExecutorchXnnpackBackend:
         # inputs in and outputs out, so only the program is timed, as ETDump and on-device runners do
         program = self.portable_lib._load_program_from_buffer(buffer)
         method = program.load_method("forward")
-        current = [None]  # the inputs set on `method`, which all runners share
+        current = None  # the inputs set on `method`, which all runners share
 
         def runner(args: list[torch.Tensor]) -> Callable[[], object]:
             def run() -> object:
+                nonlocal current
                 _ = buffer, program
-                if current[0] is not args:  # the first (warm-up) call of each runner sets its inputs
+                if current is not args:  # the first (warm-up) call of each runner sets its inputs
                     method.set_inputs(args)
-                    current[0] = args
+                    current = args
                 method.execute()
                 return method.get_outputs(clone_outputs=False)
 
