@@ -211,7 +211,10 @@ class ExecutorchXnnpackBackend:
         return [runner(list(inputs)) for inputs in input_sets]
 
 
-def get_backend(name: str, threads: int) -> TorchBackend | OnnxRuntimeBackend | ExecutorchXnnpackBackend:
+Backend = TorchBackend | OnnxRuntimeBackend | ExecutorchXnnpackBackend
+
+
+def get_backend(name: str, threads: int) -> Backend:
     if threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
     classes = {"torch": TorchBackend, "onnxruntime": OnnxRuntimeBackend, "executorch-xnnpack": ExecutorchXnnpackBackend}

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from nas import __version__
-from nas.backends import get_backend
+from nas.backends import Backend, get_backend
 from nas.latency_table import Entry, LatencyTable, LatencyTableError, shape_ladder
 from nas.op_keys import OpKey, arch_op_keys
 from search_spaces.arch_config import ArchConfig
@@ -229,15 +229,35 @@ def open_table(path: Path, device: dict, space: str | None) -> LatencyTable:
 
 
 def profile(keys: Iterable[OpKey], out: str | Path, device: str, backend: str, threads: int,
-            space: str | None = None, progress: bool = True, **measure_options: float) -> LatencyTable:
-    """Measure every key missing from the table at `out`, saving as it goes (a rerun resumes)."""
+            space: str | None = None, progress: bool = True, recheck_above_ms: float | None = None,
+            **measure_options: float) -> LatencyTable:
+    """Measure every key missing from the table at `out`, saving as it goes (a rerun resumes).
+
+    `recheck_above_ms`: then time the keys whose median exceeds it once more and keep the faster
+    median. A slow phase of a shared VM (or a throttled phone) lasts seconds to minutes and inflates
+    whole measurements, and the largest units dominate every prediction; an interrupted recheck
+    keeps what it saved, and rerunning only lowers entries further."""
     runtime = get_backend(backend, threads)
     out = Path(out)
     table = open_table(out, device_metadata(device, backend, threads, runtime.runtime_version), space)
-    todo = [k for k in dict.fromkeys(keys) if str(k) not in table.entries]
+    keys = list(dict.fromkeys(keys))
+    todo = [k for k in keys if str(k) not in table.entries]
+    _measure_into(table, todo, runtime, out, f"profile {device} ({backend}, {threads}t)", progress,
+                  measure_options, keep_faster=False)
+    if recheck_above_ms is not None:
+        slow = [k for k in keys if table.entries[str(k)].median > recheck_above_ms]
+        _measure_into(table, slow, runtime, out, f"recheck > {recheck_above_ms:g} ms", progress,
+                      measure_options, keep_faster=True)
+    table.save(out)
+    return table
+
+
+def _measure_into(table: LatencyTable, keys: list[OpKey], runtime: Backend, out: Path, desc: str, progress: bool,
+                  measure_options: dict, keep_faster: bool) -> None:
+    """Measure `keys` into `table` (with `keep_faster`, replacing an entry only by a faster median)."""
     last_save = time.monotonic()
-    bar = tqdm(total=len(todo), desc=f"profile {device} ({backend}, {threads}t)", unit="op", disable=not progress)
-    for group in _lowering_groups(todo, shared=hasattr(runtime, "prepare_shapes")):
+    bar = tqdm(total=len(keys), desc=desc, unit="op", disable=not progress)
+    for group in _lowering_groups(keys, shared=hasattr(runtime, "prepare_shapes")):
         module, _ = op_module(group[0])
         inputs = [op_module(key)[1] for key in group]
         try:
@@ -246,14 +266,15 @@ def profile(keys: Iterable[OpKey], out: str | Path, device: str, backend: str, t
             runs = [runtime.prepare(op_module(key)[0], key_inputs) for key, key_inputs in zip(group, inputs,
                                                                                              strict=True)]
         for key, run in zip(group, runs, strict=True):
-            table.add(str(key), measure(run, **measure_options))
+            entry = measure(run, **measure_options)
+            previous = table.entries.get(str(key))
+            if not (keep_faster and previous is not None and previous.median <= entry.median):
+                table.add(str(key), entry)
             bar.update()
         if time.monotonic() - last_save > SAVE_EVERY_S:
             table.save(out)
             last_save = time.monotonic()
     bar.close()
-    table.save(out)
-    return table
 
 
 def _lowering_groups(keys: list[OpKey], shared: bool) -> list[list[OpKey]]:

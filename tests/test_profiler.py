@@ -6,7 +6,7 @@ import torch
 
 import nas.profiler as profiler
 from nas.cli import main
-from nas.latency_table import LatencyTable, LatencyTableError
+from nas.latency_table import Entry, LatencyTable, LatencyTableError
 from nas.op_keys import OpKey
 from nas.profiler import covering_archs, measure, op_module, profile, profile_keys
 from search_spaces import get_space
@@ -95,11 +95,32 @@ def test_profile_end_to_end_and_resume(tmp_path, tiny_keys, backend, monkeypatch
         profile(keys, out, "host", backend, 2, TINY, progress=False)
 
 
+def test_recheck_keeps_the_faster_median_of_slow_keys(tmp_path, tiny_keys, monkeypatch):
+    keys = [k for k in tiny_keys if k.kind == "conv"][:2]
+    timings = iter([5.0, 0.5, 3.0, 4.0])  # pass 1: both keys; each recheck: only the slow one
+
+    def fake_measure(run, **kw):
+        ms = next(timings)
+        return Entry(count=10, mean=ms, median=ms, p90=ms, std=0.0)
+
+    monkeypatch.setattr(profiler, "measure", fake_measure)
+    out = tmp_path / "t.json"
+    table = profile(keys, out, "host", "torch", 1, TINY, progress=False, recheck_above_ms=1.0)
+    assert [table.entries[str(k)].median for k in keys] == [3.0, 0.5]
+    table = profile(keys, out, "host", "torch", 1, TINY, progress=False, recheck_above_ms=1.0)
+    assert [LatencyTable.load(out).entries[str(k)].median for k in keys] == [3.0, 0.5]  # 4.0 was slower
+
+
 def test_cli_profile_predict_and_errors(tmp_path, capsys):
     out = tmp_path / "t.json"
     assert main(["profile", "--device", "host", "--backend", "torch", "--space", TINY, "--out", str(out),
                  "--limit", "4", "--max-seconds", "0.05"]) == 0
+    first = LatencyTable.load(out).entries
     capsys.readouterr()
+    assert main(["profile", "--device", "host", "--backend", "torch", "--space", TINY, "--out", str(out),
+                 "--limit", "4", "--max-seconds", "0.05", "--recheck-above-ms", "0"]) == 0
+    assert "recheck > 0 ms: 100%" in capsys.readouterr().err  # every entry timed a second time
+    assert all(e.median <= first[k].median for k, e in LatencyTable.load(out).entries.items())
     arch_file = tmp_path / "arch.json"
     main(["space", "sample", "--n", "1", "--space", TINY])
     arch_file.write_text(capsys.readouterr().out.splitlines()[0])
@@ -115,7 +136,6 @@ def test_cli_profile_predict_and_errors(tmp_path, capsys):
 
 def test_cli_predict_on_a_complete_table(tmp_path, capsys, tiny_keys):
     table = LatencyTable(device={"name": "unit", "runtime": "torch", "threads": 1}, provenance="measured")
-    from nas.latency_table import Entry
 
     for key in tiny_keys:  # 1 ms per output pixel: predictions are then exact area sums
         area = key.out_hw[0] * key.out_hw[1]

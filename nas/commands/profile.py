@@ -39,6 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="also profile the ops of these timm models (default resolution 224), e.g. to "
                              "calibrate against published latencies of those models")
     parser.add_argument("--max-seconds", type=float, default=2.0, help="time cap per op (default 2 s)")
+    parser.add_argument("--recheck-above-ms", type=float, metavar="MS",
+                        help="afterwards time every op slower than MS once more and keep the faster median: "
+                             "a slow phase of a shared machine or a throttled phone inflates whole measurements, "
+                             "and the slowest ops dominate every prediction (rerunning rechecks again)")
     parser.add_argument("--ray-address", help="Ray cluster address ('auto' for a running cluster); each device's "
                                               "actor then needs the custom resource 'device_<NAME>'")
     parser.set_defaults(func=_profile)
@@ -75,7 +79,7 @@ def _profile(args: argparse.Namespace) -> int:
         keys += timm_op_keys(name, int(res) if res else 224)
     if len(devices) == 1 and not args.ray_address:
         table = profile(keys, args.out, devices[0], args.backend, args.threads, args.space,
-                        max_seconds=args.max_seconds)
+                        recheck_above_ms=args.recheck_above_ms, max_seconds=args.max_seconds)
         print(f"{args.out}: {len(table.entries)} entries for {devices[0]} ({args.backend}, {args.threads} threads)")
         return 0
     outs = _profile_with_ray(devices, [str(k) for k in keys], Path(args.out), args)
@@ -94,7 +98,7 @@ def _profile_with_ray(devices: list[str], keys: list[str], out_dir: Path, args: 
     def run(device: str) -> tuple[str, int]:
         path = out_dir / f"{device}.json"
         table = profile([OpKey.parse(k) for k in keys], path, device, args.backend, args.threads, args.space,
-                        progress=False, max_seconds=args.max_seconds)
+                        progress=False, recheck_above_ms=args.recheck_above_ms, max_seconds=args.max_seconds)
         return str(path), len(table.entries)
 
     ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=False,
