@@ -27,6 +27,8 @@ def test_shipped_tables_load_and_resolve_by_name(capsys):
 
     shipped = latency_tables.shipped_tables()
     assert {"x86-2core-ort-1t", "x86-2core-ort-2t", "x86-2core-xnnpack-1t", "x86-2core-xnnpack-2t"} <= set(shipped)
+    for threads in ("1t", "2t"):  # end-to-end calibrated on top of the measured ExecuTorch tables
+        assert resolve_target(f"x86-2core-xnnpack-{threads}-e2e").calibration["base"] == f"x86-2core-xnnpack-{threads}"
     for name in shipped:
         table = resolve_target(name)
         assert table.name == name and table.entries
