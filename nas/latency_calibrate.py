@@ -19,6 +19,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from scipy.optimize import nnls
@@ -149,9 +150,18 @@ def read_measurements(path: str | Path) -> tuple[list[ArchConfig], list[float]]:
     return archs, latencies
 
 
-def read_published(path: str | Path, match: str) -> list[tuple[str, int, float, str]]:
-    """Rows (timm_name, input_resolution, latency_ms, source) of a published-latency CSV whose device
-    contains `match` (case-insensitive) and that name a timm model."""
+class PublishedLatency(NamedTuple):
+    timm_name: str
+    resolution: int
+    latency_ms: float
+    device: str
+    runtime: str
+    source: str
+
+
+def read_published(path: str | Path, match: str) -> list[PublishedLatency]:
+    """Rows of a published-latency CSV whose device contains `match` (case-insensitive) and that name
+    a timm model."""
     path = Path(path)
     try:
         rows = list(csv.DictReader(path.read_text().splitlines()))
@@ -164,8 +174,9 @@ def read_published(path: str | Path, match: str) -> list[tuple[str, int, float, 
     for line, row in enumerate(rows, start=2):
         if match.lower() in row["device"].lower() and row["timm_name"].strip():
             try:
-                picked.append((row["timm_name"].strip(), int(row["input_resolution"]), float(row["latency_ms"]),
-                               row.get("source", "")))
+                picked.append(PublishedLatency(row["timm_name"].strip(), int(row["input_resolution"]),
+                                               float(row["latency_ms"]), row["device"].strip(),
+                                               (row.get("runtime") or "").strip(), row.get("source", "")))
             except ValueError as err:
                 raise CalibrationError(f"{path}:{line}: {err}") from None
     if not picked:

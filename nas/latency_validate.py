@@ -25,6 +25,14 @@ def accuracy(predicted: list[float], measured: list[float]) -> dict:
     return {"within_10pct": float(np.mean(rel <= 0.10)), "mape": float(np.mean(rel)), "spearman": rho}
 
 
+def repeatability(round_ms: list[list[float]]) -> dict:
+    """How far each network's timing passes spread above its fastest: `rounds_within_10pct` (fraction
+    whose slowest pass is within 10 % of the fastest) and `max_round_spread`. Where the machine itself
+    does not repeat within 10 %, no table can be shown to be within 10 % either."""
+    spread = np.array([max(r) / min(r) - 1 for r in round_ms])
+    return {"rounds_within_10pct": float(np.mean(spread <= 0.10)), "max_round_spread": float(spread.max())}
+
+
 def validate(table: LatencyTable, backend: str, threads: int, n: int, seed: int = 0, space: str | None = None,
              setting: LatencySetting = REFERENCE_SETTING, rounds: int = 3, progress: bool = True) -> dict:
     """Measure `n` random subnets end to end (their traced one-tap program) and compare with the table.
@@ -54,6 +62,8 @@ def validate(table: LatencyTable, backend: str, threads: int, n: int, seed: int 
     for case in cases:
         case["measured_ms"] = min(case["round_ms"])
     summary = accuracy([c["predicted_ms"] for c in cases], [c["measured_ms"] for c in cases])
+    if rounds > 1:
+        summary |= repeatability([c["round_ms"] for c in cases])
     return {"target": table.name, "backend": backend, "threads": threads, "n": n, "seed": seed, "space": space,
             "table_runtime": table.device.get("runtime"), "table_threads": table.device.get("threads"),
             **summary, "cases": cases}

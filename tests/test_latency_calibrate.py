@@ -79,11 +79,14 @@ def test_cli_calibrate_writes_a_calibrated_table(tmp_path, base, capsys):
     base_path = base.save(tmp_path / "host.json")
     out = tmp_path / "phone.json"
     assert main(["latency", "calibrate", "--base", str(base_path), "--measurements", str(csv_path),
-                 "--out", str(out), "--json"]) == 0
+                 "--out", str(out), "--runtime", "executorch-xnnpack", "--threads", "4", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["loo"]["mape"] < 0.05
     table = LatencyTable.load(out)
     assert table.name == "phone" and table.provenance == "calibrated"
+    # the metadata describes where the measurements ran, never the base table's machine
+    assert table.device["runtime"] == "executorch-xnnpack" and table.device["threads"] == 4
+    assert table.device["hardware"] is None
     assert table.calibration["base"] == "host" and table.overhead_ms > 0
     bad = tmp_path / "bad.csv"
     bad.write_text("model,ms\nx,1\n")
@@ -125,6 +128,7 @@ def test_calibrate_to_published_timm_latencies(tmp_path, capsys):
     assert "skipped efficientformer_l1" in printed  # attention / non-padding pooling: not decomposable yet
     table = LatencyTable.load(out)
     assert table.provenance == "calibrated" and table.calibration["n"] == 3
+    assert table.device["hardware"] == "Phone X (NPU); Phone X Pro (NPU)" and table.device["runtime"] == "Core ML"
     assert table.calibration["loo_mape"] < 0.02
     for name, ks in keys.items():
         assert table.predict(ks).total_ms == pytest.approx(phone[name], rel=0.02)

@@ -115,6 +115,14 @@ def test_latency_setting_validation():
         LatencySetting(tap=(1.2, 0.5))
 
 
+def test_repeatability_counts_subnets_whose_rounds_agree_within_10pct():
+    from nas.latency_validate import repeatability
+
+    stats = repeatability([[10.0, 10.5, 10.2], [10.0, 12.0], [5.0, 5.4]])  # spreads 5 %, 20 %, 8 %
+    assert stats["rounds_within_10pct"] == pytest.approx(2 / 3)
+    assert stats["max_round_spread"] == pytest.approx(0.2)
+
+
 def test_validate_measures_random_subnets_and_feeds_calibrate(tmp_path, tiny_table_path, capsys):
     from nas.cli import main
     from nas.latency_predict import predict_latency
@@ -132,6 +140,8 @@ def test_validate_measures_random_subnets_and_feeds_calibrate(tmp_path, tiny_tab
         assert case["predicted_ms"] == pytest.approx(predict_latency(arch, table, REFERENCE_SETTING).latency_ms)
         assert len(case["round_ms"]) == 2 and case["measured_ms"] == min(case["round_ms"]) > 0
     assert 0 <= report["within_10pct"] <= 1 and report["mape"] >= 0
+    spreads = [max(c["round_ms"]) / min(c["round_ms"]) - 1 for c in report["cases"]]
+    assert report["max_round_spread"] == pytest.approx(max(spreads))
     assert main(["latency", "calibrate", "--base", str(tiny_table_path), "--measurements", str(csv),
                  "--out", str(tmp_path / "cal.json")]) == 0
     assert LatencyTable.load(tmp_path / "cal.json").provenance == "calibrated"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from datetime import date
 from pathlib import Path
 
+from nas import __version__
 from nas.backends import BACKENDS
 from nas.commands.common import positive_int, read_arch
 from nas.latency_calibrate import calibrate, calibrate_archs, read_measurements, read_published, write_measurements
@@ -105,6 +107,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cal.add_argument("--match", help="with --published: use the rows whose device contains this text")
     cal.add_argument("--out", required=True, help="calibrated table .json to write")
     cal.add_argument("--device", help="device name of the calibrated table (default: the output file's stem)")
+    cal.add_argument("--hardware", help="hardware the measurements ran on (default with --published: the CSV's "
+                                        "device column; otherwise left unknown)")
+    cal.add_argument("--runtime", help="runtime that measured them, e.g. executorch-xnnpack (default with "
+                                       "--published: the CSV's runtime column; otherwise left unknown)")
+    cal.add_argument("--threads", type=positive_int, help="threads of those measurements, if known")
     cal.add_argument("--json", action="store_true", help="print one JSON object")
     cal.set_defaults(func=_calibrate)
 
@@ -159,7 +166,12 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"{table.name} vs {args.backend} ({args.threads} threads), {args.n} random subnets of {report['space']}:")
         print(f"  within_10pct {report['within_10pct']:.2f}   mape {report['mape']:.1%}   "
               f"spearman {report['spearman']:.3f}")
-        if (report["table_runtime"], report["table_threads"]) != (args.backend, args.threads):
+        if "rounds_within_10pct" in report:
+            print(f"  repeatability: {report['rounds_within_10pct']:.2f} of the subnets timed within 10% across "
+                  f"{args.rounds} rounds (widest spread {report['max_round_spread']:.0%}): how well this "
+                  "machine repeats itself now, which bounds what within_10pct can show")
+        if report["table_runtime"] and (report["table_runtime"], report["table_threads"]) != (args.backend,
+                                                                                        args.threads):
             print(f"  note: the table was measured with {report['table_runtime']} at "
                   f"{report['table_threads']} threads")
     return 0
@@ -191,20 +203,26 @@ def _calibrate(args: argparse.Namespace) -> int:
     if args.published:
         if not args.match:
             raise ValueError("--published needs --match DEVICE_TEXT (e.g. 'iPhone 13')")
-        key_lists, measured = [], []
-        for name, resolution, ms, _ in read_published(args.published, args.match):
+        key_lists, used = [], []
+        for row in read_published(args.published, args.match):
             try:
-                key_lists.append(timm_op_keys(name, resolution))
+                key_lists.append(timm_op_keys(row.timm_name, row.resolution))
             except TracingError as err:  # attention / global mixing: no fused-op decomposition yet
-                print(f"  skipped {name}: {str(err).splitlines()[0][:100]}")
+                print(f"  skipped {row.timm_name}: {str(err).splitlines()[0][:100]}")
                 continue
-            measured.append(ms)
-        calibration = calibrate(base, key_lists, measured)
+            used.append(row)
+        calibration = calibrate(base, key_lists, [row.latency_ms for row in used])
+        hardware = args.hardware or "; ".join(sorted({row.device for row in used}))
+        runtime = args.runtime or "; ".join(sorted({row.runtime for row in used if row.runtime})) or None
     else:
         archs, measured = read_measurements(args.measurements)
         calibration = calibrate_archs(base, archs, measured)
+        hardware, runtime = args.hardware, args.runtime
     name = args.device or Path(args.out).stem
-    table = calibration.apply(base, base.device | {"name": name, "runtime": f"calibrated from {base.name}"})
+    # the device the measurements came from, not the base's machine (that stays in calibration.base)
+    device = {"name": name, "hardware": hardware, "runtime": runtime, "threads": args.threads,
+              "date": date.today().isoformat(), "tool_version": __version__}
+    table = calibration.apply(base, device)
     table.save(args.out)
     loo = calibration.loo
     if args.json:
