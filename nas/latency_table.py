@@ -165,23 +165,30 @@ class LatencyTable:
         index = self._by_config()
         return sorted({str(k) for k in keys if str(k) not in self.entries and k.config not in index})
 
-    def latency(self, key: OpKey) -> tuple[float, str]:
-        """Mean latency (ms) of one key and how it was obtained: exact | interpolated | extrapolated."""
-        exact = self.entries.get(str(key))
-        if exact is not None:
-            return exact.mean, "exact"
+    def sources(self, key: OpKey) -> list[str]:
+        """The entries `latency` reads for `key`: the key itself, or the two measured shapes of its
+        configuration around its output area, or the nearest end of them."""
+        return [name for _, name in self._points(key)]
+
+    def _points(self, key: OpKey) -> list[tuple[int, str]]:
+        area = key.out_hw[0] * key.out_hw[1]
+        if str(key) in self.entries:
+            return [(area, str(key))]
         points = self._by_config().get(key.config)
         if not points:
             raise MissingKeysError(self.name, [str(key)])
+        i = bisect.bisect_left([a for a, _ in points], area)
+        return points[i - 1: i + 1] if 0 < i < len(points) else [points[0] if i == 0 else points[-1]]
+
+    def latency(self, key: OpKey) -> tuple[float, str]:
+        """Mean latency (ms) of one key and how it was obtained: exact | interpolated | extrapolated."""
         area = key.out_hw[0] * key.out_hw[1]
-        areas = [a for a, _ in points]
-        i = bisect.bisect_left(areas, area)
-        if 0 < i < len(points):
-            (a0, k0), (a1, k1) = points[i - 1], points[i]
-            m0, m1 = self.entries[k0].mean, self.entries[k1].mean
+        points = [(a, self.entries[name].mean) for a, name in self._points(key)]
+        if len(points) == 2:
+            (a0, m0), (a1, m1) = points
             return m0 + (m1 - m0) * (area - a0) / (a1 - a0), "interpolated"
-        a, k = points[0] if i == 0 else points[-1]
-        return self.entries[k].mean * area / a, "extrapolated"
+        a, ms = points[0]
+        return (ms, "exact") if str(key) in self.entries else (ms * area / a, "extrapolated")
 
     def predict(self, keys: Iterable[OpKey]) -> Prediction:
         """Overhead + sum of the latencies of `keys` (with multiplicity); MissingKeysError names every gap."""

@@ -53,6 +53,10 @@ def test_shapes_between_ladder_points_interpolate_in_area():
     assert how == "interpolated" and ms == pytest.approx(2.0 + 4.0 * (144 - 64) / (256 - 64))
     ms, how = table.latency(OpKey.parse(f"{CONV}@32x32"))  # beyond the ladder: proportional to area
     assert how == "extrapolated" and ms == pytest.approx(6.0 * 4)
+    # the entries each price reads (what benchmarks/latency_error_sources.py re-profiles)
+    assert table.sources(OpKey.parse(f"{CONV}@12x12")) == [f"{CONV}@8x8", f"{CONV}@16x16"]
+    assert table.sources(OpKey.parse(f"{CONV}@32x32")) == [f"{CONV}@16x16"]
+    assert table.sources(OpKey.parse(f"{CONV}@8x8")) == [f"{CONV}@8x8"]
 
 
 def test_missing_configurations_are_named():
