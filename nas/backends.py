@@ -63,25 +63,32 @@ def export_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> bytes:
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
-    def __init__(self, threads: int):
+    def __init__(self, threads: int, layout_transforms: bool = True):
+        """`layout_transforms=False` stops at ONNX Runtime's extended optimisations, leaving out its
+        layout transforms (x86's blocked NCHWc convs): for experiments, not how it deploys."""
         try:
             import onnxruntime
         except ImportError:
             raise BackendUnavailableError("onnxruntime is not installed: pip install 'tracenas[mobile]'") from None
         self.ort = onnxruntime
         self.threads = threads
+        self.layout_transforms = layout_transforms
 
     @property
     def runtime_version(self) -> str:
         return self.ort.__version__
 
-    def prepare(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
+    def session(self, model: bytes):
         options = self.ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        session = self.ort.InferenceSession(export_onnx(module, inputs), options,
-                                            providers=["CPUExecutionProvider"])
+        if not self.layout_transforms:
+            options.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        return self.ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+    def prepare(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
+        session = self.session(export_onnx(module, inputs))
         feed = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs, strict=True)}
         return lambda: session.run(None, feed)
 

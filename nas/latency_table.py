@@ -171,24 +171,26 @@ class LatencyTable:
         return [name for _, name in self._points(key)]
 
     def _points(self, key: OpKey) -> list[tuple[int, str]]:
-        area = key.out_hw[0] * key.out_hw[1]
-        if str(key) in self.entries:
-            return [(area, str(key))]
+        area, name = key.out_hw[0] * key.out_hw[1], str(key)
+        if name in self.entries:
+            return [(area, name)]
         points = self._by_config().get(key.config)
         if not points:
-            raise MissingKeysError(self.name, [str(key)])
+            raise MissingKeysError(self.name, [name])
         i = bisect.bisect_left([a for a, _ in points], area)
         return points[i - 1: i + 1] if 0 < i < len(points) else [points[0] if i == 0 else points[-1]]
 
     def latency(self, key: OpKey) -> tuple[float, str]:
         """Mean latency (ms) of one key and how it was obtained: exact | interpolated | extrapolated."""
         area = key.out_hw[0] * key.out_hw[1]
-        points = [(a, self.entries[name].mean) for a, name in self._points(key)]
+        points = self._points(key)
         if len(points) == 2:
-            (a0, m0), (a1, m1) = points
+            (a0, k0), (a1, k1) = points
+            m0, m1 = self.entries[k0].mean, self.entries[k1].mean
             return m0 + (m1 - m0) * (area - a0) / (a1 - a0), "interpolated"
-        a, ms = points[0]
-        return (ms, "exact") if str(key) in self.entries else (ms * area / a, "extrapolated")
+        (a, name), = points
+        ms = self.entries[name].mean
+        return (ms, "exact") if name == str(key) else (ms * area / a, "extrapolated")
 
     def predict(self, keys: Iterable[OpKey]) -> Prediction:
         """Overhead + sum of the latencies of `keys` (with multiplicity); MissingKeysError names every gap."""

@@ -216,3 +216,18 @@ def test_executorch_units_take_the_layout_they_run_in_within_a_network():
         with torch.no_grad():
             assert torch.allclose(run()[0], module(*inputs), atol=1e-4)
         assert run()[0].data_ptr() == run()[0].data_ptr()  # the timing copies no output out
+
+
+def test_onnxruntime_without_layout_transforms_runs_the_same_model():
+    ort = pytest.importorskip("onnxruntime")
+    from nas.backends import OnnxRuntimeBackend, export_onnx
+
+    module = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3), torch.nn.ReLU()).eval()
+    x = torch.randn(1, 8, 12, 12)
+    levels = ort.GraphOptimizationLevel
+    for layout_transforms, level in ((True, levels.ORT_ENABLE_ALL), (False, levels.ORT_ENABLE_EXTENDED)):
+        runtime = OnnxRuntimeBackend(1, layout_transforms=layout_transforms)
+        session = runtime.session(export_onnx(module, (x,)))
+        assert session.get_session_options().graph_optimization_level == level
+        out = runtime.prepare(module, (x,))()[0]
+        torch.testing.assert_close(torch.from_numpy(out), module(x), rtol=1e-4, atol=1e-5)
