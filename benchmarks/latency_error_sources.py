@@ -61,24 +61,23 @@ def main() -> None:
         program = REFERENCE_SETTING.program(TraceNetStudent(arch))
         programs.append(runtime.prepare(program, program.example_inputs()))
 
+    arch_keys = [setting_op_keys(arch, REFERENCE_SETTING) for arch in archs]
     unit_ms: dict[str, float] = {}  # each distinct exact-shape unit measured once
     cases = []
-    for arch in tqdm(archs, desc="units", unit="arch"):
-        keys = setting_op_keys(arch, REFERENCE_SETTING)
+    for arch, keys in zip(tqdm(archs, desc="units", unit="arch"), arch_keys, strict=True):
         for key in keys:
             if str(key) not in unit_ms:
                 module, inputs = op_module(key)
                 unit_ms[str(key)] = measure(runtime.prepare(module, inputs)).mean
         cases.append({"arch": arch.to_dict(), "table": table.predict(keys).total_ms,
                       "exact_sum": table.overhead_ms + sum(unit_ms[str(k)] for k in keys)})
-    exact = {k for arch in archs for k in setting_op_keys(arch, REFERENCE_SETTING)}
-    with tempfile.TemporaryDirectory() as tmp:
+    exact = sorted({k for keys in arch_keys for k in keys}, key=str)
+    read_by_table = sorted({OpKey.parse(name) for key in exact for name in table.sources(key)}, key=str)
+    with tempfile.TemporaryDirectory() as tmp:  # profiled now, the way `nas profile` does
         now = dict(device=table.name, backend=args.backend, threads=args.threads, space=table.space)
-        read_by_table = sorted({OpKey.parse(name) for key in exact for name in table.sources(key)}, key=str)
         ladder_now = profile(read_by_table, Path(tmp) / "ladder.json", **now)
         exact_profiled = profile(exact, Path(tmp) / "exact.json", **now)
-    for arch, case in zip(archs, cases, strict=True):
-        keys = setting_op_keys(arch, REFERENCE_SETTING)
+    for keys, case in zip(arch_keys, cases, strict=True):
         case["ladder_now"] = table.overhead_ms + ladder_now.predict(keys).total_ms
         case["exact_profiled"] = table.overhead_ms + exact_profiled.predict(keys).total_ms
     for case, run in zip(cases, tqdm(programs, desc="e2e a", unit="arch"), strict=True):
