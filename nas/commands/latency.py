@@ -127,7 +127,7 @@ def _tables(args: argparse.Namespace) -> int:
         else:
             error = summary["calibration_error"]
             print(f"{name:<28} {summary['provenance']:<10} {summary['runtime'] or '-':<20} "
-                  f"threads={summary['threads']} entries={summary['entries']}"
+                  f"threads={summary['threads'] or '-'} entries={summary['entries']}"
                   + (f" loo_mape={error:.1%}" if error is not None else "")
                   + (f"\n{'':<28} {summary['notes']}" if summary["notes"] else ""))
     return 0
