@@ -36,7 +36,7 @@ from nas.latency_setting import REFERENCE_SETTING
 from nas.latency_table import LatencyTable
 from nas.latency_validate import accuracy
 from nas.op_keys import OpKey
-from nas.profiler import measure, op_module, profile
+from nas.profiler import measure, measure_unit, profile
 from search_spaces.arch_config import ArchConfig
 from search_spaces.student import TraceNetStudent
 
@@ -67,8 +67,7 @@ def main() -> None:
     for arch, keys in zip(tqdm(archs, desc="units", unit="arch"), arch_keys, strict=True):
         for key in keys:
             if str(key) not in unit_ms:
-                module, inputs = op_module(key)
-                unit_ms[str(key)] = measure(runtime.prepare(module, inputs)).mean
+                unit_ms[str(key)] = measure_unit(runtime, key).mean
         cases.append({"arch": arch.to_dict(), "table": table.predict(keys).total_ms,
                       "exact_sum": table.overhead_ms + sum(unit_ms[str(k)] for k in keys)})
     exact = sorted({k for keys in arch_keys for k in keys}, key=str)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from nas.backends import OnnxRuntimeBackend, export_onnx
 from nas.latency_predict import setting_op_keys
 from nas.latency_setting import REFERENCE_SETTING
-from nas.profiler import measure, op_module
+from nas.profiler import measure, measure_unit
 from search_spaces.arch_config import ArchConfig
 from search_spaces.space import DEFAULT_SPACE
 from search_spaces.student import TraceNetStudent
@@ -88,7 +88,7 @@ def main() -> None:
         keys = setting_op_keys(arch, REFERENCE_SETTING)
         for key in keys:
             if str(key) not in unit_ms:
-                unit_ms[str(key)] = measure(runtime.prepare(*op_module(key))).mean
+                unit_ms[str(key)] = measure_unit(runtime, key).mean
         program = REFERENCE_SETTING.program(TraceNetStudent(arch))
         inputs = program.example_inputs()
         model_bytes = export_onnx(program, inputs)

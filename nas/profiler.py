@@ -199,6 +199,12 @@ def measure(run: Callable[[], object], warmup: int = 5, min_runs: int = 10, max_
                  std=statistics.pstdev(kept))
 
 
+def measure_unit(runtime: Backend, key: OpKey) -> Entry:
+    """The unit `key` exported alone at its exact shape, in a program of its own, and timed."""
+    module, inputs = op_module(key)
+    return measure(runtime.prepare(module, inputs))
+
+
 # ---------------------------------------------------------------- profiling a device
 def host_hardware() -> str:
     try:

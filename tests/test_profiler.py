@@ -55,6 +55,21 @@ def test_op_modules_produce_the_key_shape(tiny_keys):
         op_module(OpKey.parse("softmax[c=4]@2x2"))
 
 
+def test_measure_unit_times_the_unit_at_its_exact_shape():
+    from nas.backends import get_backend
+
+    key = OpKey.parse("conv[act=relu,cin=4,cout=8,d=1,g=1,k=3,s=1]@6x10")
+    shapes = []
+
+    class Recording:  # a backend that records what it is asked to run
+        def prepare(self, module, inputs):
+            shapes.append(tuple(module.eval()(*inputs).shape))
+            return get_backend("torch", 1).prepare(module, inputs)
+
+    entry = profiler.measure_unit(Recording(), key)
+    assert shapes == [(1, 8, 6, 10)] and entry.count > 0 and entry.median > 0
+
+
 def test_measure_rejects_outliers(monkeypatch):
     clock = itertools.count()
     durations = itertools.cycle([1e-3] * 9 + [1e-1])  # every 10th run is a 100 ms hiccup
