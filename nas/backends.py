@@ -78,13 +78,18 @@ class OnnxRuntimeBackend:
     def runtime_version(self) -> str:
         return self.ort.__version__
 
-    def session(self, model: bytes):
+    def session(self, model: bytes, profile_prefix: str | None = None):
+        """An inference session; with `profile_prefix`, ONNX Runtime's node profiler writes there
+        (`session.end_profiling()` returns the JSON file)."""
         options = self.ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         if not self.layout_transforms:
             options.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        if profile_prefix is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
         return self.ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
     def prepare(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:

@@ -3,8 +3,8 @@
 `write_bundle` exports every op key to the backend's file format (`.onnx`, `.pte` or `.mlpackage`)
 and writes `manifest.json` and `run_bundle.py`, a standalone script that needs only the runtime
 (onnxruntime, executorch's Python runtime, or coremltools on macOS) and numpy. The runner times every
-op with the same rule as `nas profile` (its `measure` function is copied from `nas.profiler`) and
-writes `results.json`; `read_results` turns that into a latency table.
+op with the same rule as `nas profile` (its `measure` and `summarize` are copied from
+`nas.profiler`) and writes `results.json`; `read_results` turns that into a latency table.
 
 Android: push the `.pte` files with `adb push` and time them with ExecuTorch's own
 `executor_runner`, or run `run_bundle.py` under Termux with executorch installed.
@@ -23,7 +23,7 @@ from nas import __version__
 from nas.backends import NHWC, export_coreml, export_onnx, lower_executorch
 from nas.latency_table import Entry, LatencyTable, LatencyTableError
 from nas.op_keys import OpKey
-from nas.profiler import measure, op_module
+from nas.profiler import measure, op_module, summarize
 
 BUNDLE_SCHEMA = "tracenas-profile-bundle"
 RESULTS_SCHEMA = "tracenas-profile-results"
@@ -142,7 +142,8 @@ def write_bundle(keys: list[OpKey], backend: str, out_dir: str | Path, space: st
     manifest = {"schema": BUNDLE_SCHEMA, "version": VERSION, "backend": backend, "space": space,
                 "tool_version": __version__, "ops": ops}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    runner = RUNNER.format(backend=backend, version=__version__, measure_source=inspect.getsource(measure),
+    timing = "\n\n".join(inspect.getsource(fn) for fn in (measure, summarize))
+    runner = RUNNER.format(backend=backend, version=__version__, measure_source=timing,
                            results_schema=RESULTS_SCHEMA, version_int=VERSION)
     (out_dir / "run_bundle.py").write_text(runner)
     (out_dir / "run_bundle.py").chmod(0o755)

@@ -42,16 +42,18 @@ _ACTS = {"none": nn.Identity, **{cls.__name__.lower(): cls for cls in (
 
 # ---------------------------------------------------------------- enumeration
 def covering_archs(space: str) -> list[ArchConfig]:
-    """Architectures in which every per-layer choice appears at every block position at least once."""
+    """Architectures in which every per-layer choice appears at every block position at least once,
+    for every width, and every FPN/mask/head combination at least once."""
     spec = get_space(space)
     block_choices = list(itertools.product(spec.kernels, spec.expands, spec.se))
     head_choices = list(itertools.product(spec.dyn_layers, spec.mask_channels, spec.fpn_channels))
     n, depth = len(spec.stages), spec.max_depth
+    per_width = max(len(block_choices), math.ceil(len(head_choices) / len(spec.width_mults)))
     archs = []
-    for width in spec.width_mults:
-        for i in range(max(len(block_choices), len(head_choices))):
+    for w, width in enumerate(spec.width_mults):
+        for i in range(per_width):
             k, e, se = block_choices[i % len(block_choices)]
-            layers, mask, fpn = head_choices[i % len(head_choices)]
+            layers, mask, fpn = head_choices[(w * per_width + i) % len(head_choices)]
             archs.append(ArchConfig(space=spec.name, resolution=spec.resolutions[-1], width_mult=width,
                                     depths=(depth,) * n, kernels=((k,) * depth,) * n, expands=((e,) * depth,) * n,
                                     se=(se,) * n, fpn_channels=fpn, mask_channels=mask, dyn_layers=layers))
@@ -192,8 +194,16 @@ def measure(run: Callable[[], object], warmup: int = 5, min_runs: int = 10, max_
         if time.perf_counter() - start > max_seconds:
             break
         previous = median
-    q1, _, q3 = statistics.quantiles(samples, n=4)
-    kept = sorted(t for t in samples if q1 - 1.5 * (q3 - q1) <= t <= q3 + 1.5 * (q3 - q1))
+    return summarize(samples)
+
+
+def summarize(samples: list[float]) -> Entry:
+    """Count, mean, median, p90 and std (ms) of `samples` after dropping outliers outside Tukey's fences
+    (from 4 samples on: quartiles of fewer are not meaningful)."""
+    kept = sorted(samples)
+    if len(kept) >= 4:
+        q1, _, q3 = statistics.quantiles(kept, n=4)
+        kept = [t for t in kept if q1 - 1.5 * (q3 - q1) <= t <= q3 + 1.5 * (q3 - q1)]
     return Entry(count=len(kept), mean=statistics.fmean(kept), median=statistics.median(kept),
                  p90=kept[min(len(kept) - 1, math.ceil(0.9 * len(kept)) - 1)],
                  std=statistics.pstdev(kept))

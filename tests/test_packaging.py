@@ -2,6 +2,8 @@
 
 from importlib.resources import files
 
+import pytest
+
 import experiments
 import latency_tables
 
@@ -40,19 +42,22 @@ def test_shipped_tables_load_and_resolve_by_name(capsys):
     assert resolve_target("x86-2core-xnnpack-2t").notes in capsys.readouterr().out
 
 
-def test_shipped_host_tables_cover_the_default_space():
+@pytest.mark.parametrize("target", ["x86-2core-ort-2t", "x86-2core-ort-1t-ctx", "x86-2core-ort-2t-ctx"])
+def test_shipped_host_tables_cover_the_default_space(target):
     """Every op configuration of random tracenet_mbv3 subnets is in the measured tables (no missing keys)."""
     from nas.latency_predict import predict_latency
     from nas.latency_setting import LatencySetting
     from nas.latency_table import resolve_target
     from search_spaces import ArchConfig
 
-    table = resolve_target("x86-2core-ort-2t")
+    table = resolve_target(target)
     for seed in range(3):
         arch = ArchConfig.sample(seed, "tracenet_mbv3")
         traced = predict_latency(arch, table).latency_ms
         full = predict_latency(arch, table, LatencySetting(window=None)).latency_ms
-        assert 0 < traced <= full * 1.01
+        assert traced > 0 and full > 0
+        if not target.endswith("-ctx"):  # in-context entries are single programs' timings, within ~1 %
+            assert traced <= full * 1.01
     assert predict_latency(ArchConfig.smallest(), table).latency_ms < predict_latency(
         ArchConfig.largest(), table).latency_ms
 

@@ -8,7 +8,7 @@ import nas.profiler as profiler
 from nas.cli import main
 from nas.latency_table import Entry, LatencyTable, LatencyTableError
 from nas.op_keys import OpKey
-from nas.profiler import covering_archs, measure, op_module, profile, profile_keys
+from nas.profiler import covering_archs, measure, op_module, profile, profile_keys, summarize
 from search_spaces import get_space
 
 TINY = "tracenet_tiny"
@@ -86,6 +86,14 @@ def test_measure_rejects_outliers(monkeypatch):
     entry = measure(run, warmup=0, max_runs=40)
     assert entry.median == pytest.approx(1.0) and entry.mean == pytest.approx(1.0)
     assert entry.count < 40 and entry.std == pytest.approx(0.0)
+
+
+def test_summarize_keeps_every_sample_of_a_few():
+    """Quartiles of fewer than 4 samples are not meaningful: nothing is dropped as an outlier."""
+    assert summarize([5.0]) == Entry(count=1, mean=5.0, median=5.0, p90=5.0, std=0.0)
+    few = summarize([1.0, 9.0, 2.0])
+    assert few.count == 3 and few.mean == pytest.approx(4.0) and few.median == 2.0 and few.p90 == 9.0
+    assert summarize([1.0] * 9 + [100.0]).count == 9
 
 
 RUNTIME_MODULE = {"torch": "torch", "onnxruntime": "onnxruntime", "executorch-xnnpack": "executorch"}

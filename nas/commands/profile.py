@@ -24,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "rerunning the same command resumes. Cropped shapes from tracing and other resolutions "
                     "are priced by interpolating in output area between ladder shapes.",
         epilog="examples:\n  nas profile --device x86-2core-ort-2t --backend onnxruntime --threads 2 "
-               "--out latency_tables/x86-2core-ort-2t.json\n  nas profile --device boardA,boardB --backend "
+               "--out latency_tables/x86-2core-ort-2t.json\n  nas profile --in-context --device x86-2core-ort-2t-ctx "
+               "--backend onnxruntime --threads 2 --out latency_tables/x86-2core-ort-2t-ctx.json\n"
+               "  nas profile --device boardA,boardB --backend "
                "onnxruntime --threads 4 --out tables/ --ray-address auto   # one Ray actor per device",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device",
@@ -34,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=positive_int, default=1, help="runtime threads (default 1)")
     parser.add_argument("--out", help="table .json to write or resume (a directory for several devices)")
     add_space_arg(parser)
-    parser.add_argument("--limit", type=positive_int, help="profile only the first N op keys (smoke runs)")
+    parser.add_argument("--limit", type=positive_int,
+                        help="profile only the first N op keys, or N programs with --in-context (smoke runs)")
     parser.add_argument("--timm-models", metavar="NAME[@RES],...",
                         help="also profile the ops of these timm models (default resolution 224), e.g. to "
                              "calibrate against published latencies of those models")
@@ -43,6 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="afterwards time every op slower than MS once more and keep the faster median: "
                              "a slow phase of a shared machine or a throttled phone inflates whole measurements, "
                              "and the slowest ops dominate every prediction (rerunning rechecks again)")
+    parser.add_argument("--in-context", action="store_true",
+                        help="onnxruntime only: price each unit by its nodes' time inside the covering programs "
+                             "(every op configuration, at every resolution, at the reference tap setting), read "
+                             "from ONNX Runtime's node profiler, instead of timing units alone. On x86 ONNX Runtime "
+                             "converts convs to its blocked NCHWc layout and fuses adds into them, so isolated "
+                             "units over-predict networks 1.1-2.6x; in context they add up. --limit counts "
+                             "programs; a rerun resumes from TABLE.programs.jsonl")
     parser.add_argument("--ray-address", help="Ray cluster address ('auto' for a running cluster); each device's "
                                               "actor then needs the custom resource 'device_<NAME>'")
     parser.set_defaults(func=_profile)
@@ -73,6 +83,8 @@ def _profile(args: argparse.Namespace) -> int:
     if missing:
         raise ValueError(f"{', '.join(missing)} required (or use 'nas profile bundle' / 'nas profile import')")
     devices = [d for d in args.device.split(",") if d]
+    if args.in_context:
+        return _profile_in_context(devices, args)
     keys = profile_keys(args.space)[: args.limit]
     for spec in filter(None, (args.timm_models or "").split(",")):
         name, _, res = spec.partition("@")
@@ -85,6 +97,20 @@ def _profile(args: argparse.Namespace) -> int:
     outs = _profile_with_ray(devices, [str(k) for k in keys], Path(args.out), args)
     for device, (path, n) in zip(devices, outs, strict=True):
         print(f"{path}: {n} entries for {device} ({args.backend}, {args.threads} threads)")
+    return 0
+
+
+def _profile_in_context(devices: list[str], args: argparse.Namespace) -> int:
+    if args.backend != "onnxruntime":
+        raise ValueError("--in-context reads ONNX Runtime's node profiler: use --backend onnxruntime")
+    if len(devices) != 1 or args.ray_address or args.timm_models or args.recheck_above_ms is not None:
+        raise ValueError("--in-context profiles one device here; it takes no --ray-address, --timm-models or "
+                         "--recheck-above-ms")
+    from nas.context_profile import profile_context  # needs the onnx package (the 'mobile' extra)
+
+    table = profile_context(args.out, devices[0], args.threads, args.space, limit=args.limit)
+    print(f"{args.out}: {len(table.entries)} entries for {devices[0]} (onnxruntime in context, "
+          f"{args.threads} threads)")
     return 0
 
 

@@ -1,0 +1,108 @@
+import json
+
+import onnx
+import pytest
+
+from nas.backends import OnnxRuntimeBackend, export_onnx
+from nas.cli import main
+from nas.context_profile import ContextProfileError, context_archs, node_units, profile_in_context, unit_times
+from nas.latency_predict import setting_op_keys
+from nas.latency_setting import REFERENCE_SETTING
+from nas.latency_table import LatencyTable
+from nas.op_keys import OpKey
+from search_spaces.student import TraceNetStudent
+
+TINY = "tracenet_tiny"
+
+
+@pytest.fixture(scope="module")
+def traced():
+    """A tiny covering program with SE blocks and residual crops, its op keys and ONNX graph."""
+    arch = next(a for a in reversed(context_archs(TINY)) if a.se[0] and a.kernels[0][0] == 7)
+    keys = setting_op_keys(arch, REFERENCE_SETTING)
+    program = REFERENCE_SETTING.program(TraceNetStudent(arch))
+    model = export_onnx(program, program.example_inputs())
+    return arch, keys, program, model
+
+
+def test_every_graph_node_goes_to_the_unit_it_computes(traced):
+    _, keys, _, model = traced
+    graph = onnx.load_from_string(model).graph
+    owner = node_units(graph, keys)
+    assert owner[0] == 0 and owner[-1] == len(keys) - 1 and owner == sorted(owner)  # traced order
+    cropped_adds = 0
+    for unit, key in enumerate(keys[1:-1], start=1):
+        ops = [node.op_type for node, o in zip(graph.node, owner, strict=True) if o == unit]
+        if key.kind == "conv":
+            assert ops.count("Conv") == 1, (key, ops)
+        elif key.kind == "se":  # its reduce, two 1x1 convs and the gate's product, not units of their own
+            assert ops.count("ReduceMean") == 1 and ops.count("Conv") == 2 and ops[-1] == "Mul", ops
+        elif key.kind == "eltwise":
+            assert ops.count("Add") == 1 and set(ops) <= {"Add", "Slice", "Constant"}, ops
+            cropped_adds += "Slice" in ops  # a residual's crop is priced with its add
+    assert cropped_adds > 0
+
+
+def test_units_that_do_not_match_the_graph_are_an_error(traced):
+    _, keys, _, model = traced
+    graph = onnx.load_from_string(model).graph
+    extra = OpKey.parse("conv[act=none,cin=8,cout=8,d=1,g=1,k=1,s=1]@4x4")
+    with pytest.raises(ContextProfileError, match="matched"):
+        node_units(graph, [*keys[:-1], extra, keys[-1]])
+    with pytest.raises(ContextProfileError, match="no rule"):
+        node_units(graph, [keys[0], OpKey.parse("maxpool2d[act=none,c=8,k=3,s=2]@4x4"), keys[-1]])
+
+
+def test_profiled_nodes_and_layout_conversions_are_summed_per_unit(traced, tmp_path):
+    """A profile in ONNX Runtime's format: every node 1 ms (convs under their NCHWc names), plus a
+    conversion out of NCHWc before each SE and one back after it (0.5 ms each)."""
+    _, keys, _, model = traced
+    graph = onnx.load_from_string(model).graph
+    owner = node_units(graph, keys)
+    run, expected = [], [0.0] * len(keys)
+
+    def event(name: str, op: str, us: float) -> dict:
+        return {"cat": "Node", "name": f"{name}_kernel_time", "dur": us, "args": {"op_name": op}}
+
+    for node, unit in zip(graph.node, owner, strict=True):
+        if node.op_type in ("Identity", "Constant"):
+            continue  # ONNX Runtime folds these away
+        if node.op_type == "ReduceMean":
+            run.append(event("ReorderOutput_token_1", "ReorderOutput", 500))
+            expected[unit] += 0.5
+        run.append(event(f"{node.output[0]}_nchwc" if node.op_type == "Conv" else node.name, node.op_type, 1000))
+        expected[unit] += 1.0
+        if node.op_type == "Mul" and keys[unit].kind == "se":
+            run.append(event("ReorderInput_token_2", "ReorderInput", 500))
+            expected[unit] += 0.5
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps([{"cat": "Session", "name": "model_run", "dur": 1}] + run * 3))
+    assert unit_times(model, keys, str(path), runs=2) == pytest.approx(expected)
+    assert sum(expected[1:-1]) > 0 and expected[0] > 0 and expected[-1] > 0
+
+
+def test_profile_in_context_prices_every_unit(traced):
+    _, keys, program, _ = traced
+    per_unit, wall = profile_in_context(program, program.example_inputs(), keys, OnnxRuntimeBackend(1), runs=3)
+    assert len(per_unit) == len(keys) and wall > 0
+    assert all(ms > 0 for key, ms in zip(keys, per_unit, strict=True) if key.kind in ("conv", "se", "clicks"))
+
+
+def test_nas_profile_in_context_writes_a_table_and_resumes(tmp_path, capsys):
+    out = tmp_path / "ctx.json"
+    argv = ["profile", "--in-context", "--device", "host-ctx", "--backend", "onnxruntime", "--space", TINY,
+            "--out", str(out)]
+    assert main([*argv, "--limit", "1"]) == 0
+    assert main([*argv, "--limit", "2"]) == 0  # resumes: profiles the second program only
+    log = (tmp_path / "ctx.programs.jsonl").read_text().splitlines()
+    assert len(log) == 3 and json.loads(log[0])["name"] == "host-ctx"
+    table = LatencyTable.load(out)
+    assert "in context" in table.notes and table.device["runtime"] == "onnxruntime"
+    for arch in context_archs(TINY)[:2]:
+        assert not table.missing(setting_op_keys(arch, REFERENCE_SETTING))
+    capsys.readouterr()
+    assert main([*argv, "--threads", "2"]) == 2  # the resume log is for 1 thread
+    assert "threads=1" in capsys.readouterr().err
+    assert main(["profile", "--in-context", "--device", "d", "--backend", "executorch-xnnpack",
+                 "--out", str(tmp_path / "x.json")]) == 2
+    assert "--backend onnxruntime" in capsys.readouterr().err
