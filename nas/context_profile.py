@@ -152,19 +152,27 @@ def context_archs(space: str) -> list[ArchConfig]:
             for arch in covering_archs(space)]
 
 
-def _read_log(log: Path, device: dict) -> list[dict]:
-    """Programs already profiled into `log` (one JSON line each after a device header), for resuming."""
+def _read_log(log: Path, header: dict) -> list[dict]:
+    """Programs already profiled into `log` (JSON lines after a header that must match `header`), for
+    resuming. A last line cut short by an interruption is dropped."""
     if not log.exists():
         return []
-    try:
-        header, *programs = (json.loads(line) for line in log.read_text().splitlines() if line.strip())
-    except ValueError as err:
-        raise LatencyTableError(f"{log}: corrupt resume log ({err}); delete it to start over") from None
-    for field in ("name", "runtime", "threads"):
-        if header.get(field) != device[field]:
-            raise LatencyTableError(f"{log}: was written for {field}={header.get(field)!r}, not {device[field]!r}; "
-                                    f"choose another --out")
-    return programs
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError as err:
+            if i + 1 < len(lines) or i == 0:
+                raise LatencyTableError(f"{log}:{i + 1}: corrupt resume log ({err}); delete it to start over") from None
+            log.write_text("".join(f"{kept}\n" for kept in lines[:i]))
+    if not records:
+        return []
+    for field in ("name", "runtime", "threads", "space", "setting"):
+        if records[0].get(field) != header[field]:
+            raise LatencyTableError(f"{log}: was written for {field}={records[0].get(field)!r}, not "
+                                    f"{header[field]!r}; choose another --out")
+    return records[1:]
 
 
 def profile_context(out: str | Path, device: str, threads: int, space: str,
@@ -178,9 +186,10 @@ def profile_context(out: str | Path, device: str, threads: int, space: str,
     out = Path(out)
     metadata = device_metadata(device, runtime.name, threads, runtime.runtime_version)
     log = out.with_suffix(".programs.jsonl")
-    programs = _read_log(log, metadata)
+    header = metadata | {"space": space, "setting": setting.describe()}
+    programs = _read_log(log, header)
     if not programs:
-        log.write_text(json.dumps(metadata) + "\n")
+        log.write_text(json.dumps(header) + "\n")
     archs = context_archs(space)[:limit]
     for arch in tqdm(archs[len(programs):], desc=f"profile {device} in context ({threads}t)", unit="program",
                      initial=min(len(programs), len(archs)), total=len(archs), disable=not progress):

@@ -93,6 +93,8 @@ def test_nas_profile_in_context_writes_a_table_and_resumes(tmp_path, capsys):
     argv = ["profile", "--in-context", "--device", "host-ctx", "--backend", "onnxruntime", "--space", TINY,
             "--out", str(out)]
     assert main([*argv, "--limit", "1"]) == 0
+    with (tmp_path / "ctx.programs.jsonl").open("a") as f:
+        f.write('{"arch": {"space": ')  # a write cut short by an interruption: dropped on resume
     assert main([*argv, "--limit", "2"]) == 0  # resumes: profiles the second program only
     log = (tmp_path / "ctx.programs.jsonl").read_text().splitlines()
     assert len(log) == 3 and json.loads(log[0])["name"] == "host-ctx"
@@ -103,6 +105,8 @@ def test_nas_profile_in_context_writes_a_table_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     assert main([*argv, "--threads", "2"]) == 2  # the resume log is for 1 thread
     assert "threads=1" in capsys.readouterr().err
+    assert main([*argv, "--space", "tracenet_mbv3"]) == 2  # ... and another space
+    assert "space='tracenet_tiny'" in capsys.readouterr().err
     assert main(["profile", "--in-context", "--device", "d", "--backend", "executorch-xnnpack",
                  "--out", str(tmp_path / "x.json")]) == 2
     assert "--backend onnxruntime" in capsys.readouterr().err
