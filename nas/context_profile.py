@@ -147,9 +147,11 @@ def profile_in_context(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]
 
 def context_archs(space: str) -> list[ArchConfig]:
     """The covering architectures (every op configuration) at every resolution of the space, so each
-    configuration is seen in context over the range of shapes searches ask about."""
-    return [dataclasses.replace(arch, resolution=r) for r in get_space(space).resolutions
-            for arch in covering_archs(space)]
+    configuration is seen in context over the range of shapes searches ask about. Each architecture's
+    resolutions run back to back: a machine that drifts during the profile then shifts every
+    resolution alike, instead of pricing the first resolution profiled against the last."""
+    return [dataclasses.replace(arch, resolution=r) for arch in covering_archs(space)
+            for r in get_space(space).resolutions]
 
 
 def _read_log(log: Path, header: dict) -> list[dict]:

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import onnx
@@ -10,6 +11,8 @@ from nas.latency_predict import setting_op_keys
 from nas.latency_setting import REFERENCE_SETTING
 from nas.latency_table import LatencyTable
 from nas.op_keys import OpKey
+from nas.profiler import covering_archs
+from search_spaces.space import get_space
 from search_spaces.student import TraceNetStudent
 
 TINY = "tracenet_tiny"
@@ -23,6 +26,15 @@ def traced():
     program = REFERENCE_SETTING.program(TraceNetStudent(arch))
     model = export_onnx(program, program.example_inputs())
     return arch, keys, program, model
+
+
+def test_context_archs_cover_every_configuration_at_every_resolution_in_turn():
+    archs = context_archs(TINY)
+    resolutions = get_space(TINY).resolutions
+    assert len(archs) == len(covering_archs(TINY)) * len(resolutions)
+    # each architecture's resolutions back to back: drift during a profile is not tied to a resolution
+    assert [a.resolution for a in archs[: 2 * len(resolutions)]] == list(resolutions) * 2
+    assert archs[0] == dataclasses.replace(covering_archs(TINY)[0], resolution=resolutions[0])
 
 
 def test_every_graph_node_goes_to_the_unit_it_computes(traced):
