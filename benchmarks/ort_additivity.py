@@ -25,7 +25,7 @@ import torch
 from onnx.utils import Extractor
 from tqdm import tqdm
 
-from nas.backends import OnnxRuntimeBackend, export_onnx
+from nas.backends import OnnxRuntimeBackend, export_onnx, onnx_feeds
 from nas.latency_predict import setting_op_keys
 from nas.latency_setting import REFERENCE_SETTING
 from nas.profiler import measure, measure_unit
@@ -93,7 +93,7 @@ def main() -> None:
         inputs = program.example_inputs()
         model_bytes = export_onnx(program, inputs)
         session = runtime.session(model_bytes)
-        feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs, strict=True)}
+        feeds = onnx_feeds(session, inputs)
         case = {"arch": arch.to_dict(), "units": sum(unit_ms[str(k)] for k in keys),
                 "program": min(measure(partial(session.run, None, feeds)).median for _ in range(2))}
         if args.pieces:

@@ -60,6 +60,11 @@ def export_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> bytes:
     return buffer.getvalue()
 
 
+def onnx_feeds(session, inputs: tuple[torch.Tensor, ...]) -> dict:
+    """An ONNX Runtime session's inputs by name, from tensors in the exported module's order."""
+    return {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs, strict=True)}
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
@@ -94,7 +99,7 @@ class OnnxRuntimeBackend:
 
     def prepare(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
         session = self.session(export_onnx(module, inputs))
-        feed = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs, strict=True)}
+        feed = onnx_feeds(session, inputs)
         return lambda: session.run(None, feed)
 
 

@@ -29,7 +29,7 @@ import onnx
 import torch
 from tqdm import tqdm
 
-from nas.backends import OnnxRuntimeBackend, export_onnx
+from nas.backends import OnnxRuntimeBackend, export_onnx, onnx_feeds
 from nas.latency_predict import setting_op_keys
 from nas.latency_setting import REFERENCE_SETTING, LatencySetting
 from nas.latency_table import LatencyTable, LatencyTableError
@@ -136,7 +136,7 @@ def profile_in_context(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]
     model = export_onnx(module, inputs)
     with tempfile.TemporaryDirectory() as tmp:
         session = runtime.session(model, profile_prefix=os.path.join(tmp, "ort"))
-        feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs, strict=True)}
+        feeds = onnx_feeds(session, inputs)
         for _ in range(warmup + runs):
             session.run(None, feeds)
         per_unit = unit_times(model, keys, session.end_profiling(), runs)

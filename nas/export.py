@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from nas.backends import _package_version, export_coreml, export_executorch, export_onnx
+from nas.backends import _package_version, export_coreml, export_executorch, export_onnx, onnx_feeds
 from nas.latency_setting import REFERENCE_SETTING, LatencySetting
 from search_spaces.files import atomic_write
 from search_spaces.student import MASK_STRIDE, TraceNetStudent
@@ -58,8 +58,8 @@ def export_student(model: TraceNetStudent, fmt: str, out_dir: str | Path, settin
         import onnxruntime
 
         session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
-        feed = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs, strict=True)}
-        parity, runtime = _max_diff(reference, session.run(None, feed)), f"onnxruntime {onnxruntime.__version__}"
+        parity = _max_diff(reference, session.run(None, onnx_feeds(session, inputs)))
+        runtime = f"onnxruntime {onnxruntime.__version__}"
     elif fmt == "executorch":
         data = export_executorch(program, inputs)
         atomic_write(path, lambda f: f.write(data))
