@@ -7,9 +7,10 @@ README). Here each unit is priced by what its nodes cost inside a covering progr
 per-node profile, with every node attributed to the unit (op key) it came from.
 
 Attribution: the exported graph's nodes follow the traced forward's order, so each unit's anchor
-node (its Conv, ReduceMean, Add, Resize) is matched to the op keys in order; crop slices belong to
-the unit that consumes them; everything before the first unit is the click encoding and everything
-after the last one the tap head. ONNX Runtime keeps node names through its rewrites (an NCHWc conv
+node (its Conv, ReduceMean, Add, Concat, BatchNormalization, Resize, an activation's first node) is
+matched to the op keys in order, and a fused activation's nodes (five for a GELU) must follow it;
+crop slices belong to the unit that consumes them; everything before the first unit is the click
+encoding and everything after the last one the tap head. ONNX Runtime keeps node names through its rewrites (an NCHWc conv
 is named after the value it produces), and its layout conversions go to the unit that needs them:
 `ReorderOutput` to the next node, `ReorderInput` to the previous one.
 """
@@ -17,12 +18,13 @@ is named after the value it produces), and its layout conversions go to the unit
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import statistics
 import tempfile
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import onnx
@@ -33,44 +35,75 @@ from nas.backends import OnnxRuntimeBackend, export_onnx, onnx_feeds
 from nas.latency_predict import setting_op_keys
 from nas.latency_setting import REFERENCE_SETTING, LatencySetting
 from nas.latency_table import LatencyTable, LatencyTableError
-from nas.op_keys import OpKey
-from nas.profiler import covering_archs, device_metadata, measure, summarize
+from nas.op_keys import Attr, OpKey
+from nas.profiler import covering_archs, device_metadata, measure, open_table, summarize
 from search_spaces.arch_config import ArchConfig
 from search_spaces.space import get_space
 from search_spaces.student import TraceNetStudent
 
-ANCHORS = {"conv": "Conv", "se": "ReduceMean", "upsample": "Resize"}
-ELTWISE_ANCHORS = {"add": "Add", "mul": "Mul"}
+ANCHORS = {"conv": "Conv", "se": "ReduceMean", "upsample": "Resize", "bn": "BatchNormalization"}
+ELTWISE_ANCHORS = {"add": "Add", "mul": "Mul", "sub": "Sub", "cat": "Concat"}
+# the nodes an activation exports to (TorchScript exporter, opset 18), in order: a GELU is five
+ACTIVATION_NODES = {"relu": ("Relu",), "relu6": ("Clip",), "hardswish": ("HardSwish",),
+                    "gelu": ("Div", "Erf", "Add", "Mul", "Mul")}
 VIEWS = {"Slice", "Gather", "Squeeze", "Unsqueeze", "Reshape", "Pad"}  # priced with the unit that consumes them
+FOLDED = {"Constant", "Identity"}  # ONNX Runtime folds them away: they are no unit's nodes
+IN_CONTEXT_NOTE = "in context:"  # how an in-context table's notes begin
 
 
 class ContextProfileError(ValueError):
     """A program whose graph cannot be matched to its op keys."""
 
 
+def _no_rule(key: OpKey, what: str) -> ContextProfileError:
+    return ContextProfileError(f"in-context profiling has no rule for {what} (op key {key})")
+
+
+def _activation(key: OpKey, fn: Attr) -> tuple[str, ...]:
+    if fn not in ACTIVATION_NODES:
+        raise _no_rule(key, f"the activation {fn!r}")
+    return ACTIVATION_NODES[str(fn)]
+
+
 def _anchor(key: OpKey) -> str:
     """The ONNX op type that starts `key`'s nodes in an exported program."""
+    if key.kind == "act":
+        return _activation(key, key.attr("fn"))[0]
     anchor = ELTWISE_ANCHORS.get(str(key.attr("fn"))) if key.kind == "eltwise" else ANCHORS.get(key.kind)
     if anchor is None:
-        raise ContextProfileError(f"in-context profiling has no rule for {key.kind!r} units (op key {key})")
+        raise _no_rule(key, f"eltwise {key.attr('fn')!r} units" if key.kind == "eltwise" else f"{key.kind!r} units")
     return anchor
+
+
+def _nodes_after_anchor(key: OpKey) -> list[str]:
+    """The op types that follow `key`'s anchor inside the unit: a conv's fused activation, the rest of an
+    activation's nodes."""
+    if key.kind == "conv" and key.attr("act") != "none":
+        return list(_activation(key, key.attr("act")))
+    if key.kind == "act":
+        return list(_activation(key, key.attr("fn"))[1:])
+    return []
 
 
 def node_units(graph: onnx.GraphProto, keys: Sequence[OpKey]) -> list[int]:
     """Index into `keys` (clicks, trunk units..., tap head) of the unit each graph node belongs to."""
     nodes, last_trunk, head = list(graph.node), len(keys) - 2, len(keys) - 1
     owner: list[int | None] = [None] * len(nodes)
-    unit, inside = 0, ""  # unit: the last one whose anchor was seen; inside: the op type that closes it
+    unit, closer, expected = 0, "", []  # the last unit whose anchor was seen, and the nodes it still owns
     for i, node in enumerate(nodes):
-        if inside:
+        if closer or expected:
             owner[i] = unit
-            inside = "" if node.op_type == inside or inside == "act" else inside
+            if node.op_type in FOLDED:
+                continue
+            if closer:  # an SE runs up to its gate's Mul (its two convs are not units)
+                closer = "" if node.op_type == closer else closer
+            elif node.op_type != expected.pop(0):
+                raise ContextProfileError(f"{keys[unit]}: expected its activation's nodes "
+                                          f"{_nodes_after_anchor(keys[unit])}, found {node.op_type} ({node.name})")
         elif unit < last_trunk and node.op_type == _anchor(keys[unit + 1]):
             unit += 1
             owner[i] = unit
-            key = keys[unit]
-            # an SE runs up to its gate's Mul (its two convs are not units); a conv's activation follows it
-            inside = "Mul" if key.kind == "se" else "act" if key.kind == "conv" and key.attr("act") != "none" else ""
+            closer, expected = "Mul" if keys[unit].kind == "se" else "", _nodes_after_anchor(keys[unit])
         elif unit == 0 or unit == last_trunk:
             owner[i] = 0 if unit == 0 else head
     if unit != last_trunk:
@@ -154,9 +187,22 @@ def context_archs(space: str) -> list[ArchConfig]:
             for r in get_space(space).resolutions]
 
 
+def context_programs(space: str, setting: LatencySetting,
+                     priced: set[str]) -> Iterator[tuple[ArchConfig, list[OpKey]]]:
+    """The context architectures, with their op keys, that price a unit neither `priced` nor an earlier one
+    has: all of them for a new table; for a fixed backbone added to a table that has the searchable space,
+    at most one per FPN width and resolution (the tap head's configurations are already priced)."""
+    seen = set(priced)
+    for arch in context_archs(space):
+        keys = setting_op_keys(arch, setting)
+        if {str(k) for k in keys} - seen:
+            seen.update(str(k) for k in keys)
+            yield arch, keys
+
+
 def _read_log(log: Path, header: dict) -> list[dict]:
-    """Programs already profiled into `log` (JSON lines after a header that must match `header`), for
-    resuming. A last line cut short by an interruption is dropped."""
+    """The header and the programs already profiled into `log` (JSON lines after a header that must match
+    `header`), for resuming. A last line cut short by an interruption is dropped."""
     if not log.exists():
         return []
     lines = [line for line in log.read_text().splitlines() if line.strip()]
@@ -168,13 +214,11 @@ def _read_log(log: Path, header: dict) -> list[dict]:
             if i + 1 < len(lines) or i == 0:
                 raise LatencyTableError(f"{log}:{i + 1}: corrupt resume log ({err}); delete it to start over") from None
             log.write_text("".join(f"{kept}\n" for kept in lines[:i]))
-    if not records:
-        return []
     for field in ("name", "runtime", "threads", "space", "setting"):
-        if records[0].get(field) != header[field]:
+        if records and records[0].get(field) != header[field]:
             raise LatencyTableError(f"{log}: was written for {field}={records[0].get(field)!r}, not "
                                     f"{header[field]!r}; choose another --out")
-    return records[1:]
+    return records
 
 
 def profile_context(out: str | Path, device: str, threads: int, space: str,
@@ -182,20 +226,28 @@ def profile_context(out: str | Path, device: str, threads: int, space: str,
                     progress: bool = True) -> LatencyTable:
     """An ONNX Runtime table priced in context: every unit's nodes in the covering programs at
     `setting`, each program's units scaled to its unprofiled wall time (the profiler's own per-node
-    cost is not the program's). Programs go to `out` minus .json plus .programs.jsonl as they are
-    done, and a rerun resumes from there; the table is written at the end."""
+    cost is not the program's).
+
+    A table at `out` (in context, same device) takes another space's units it lacks, priced in that
+    space's programs, and keeps those it has. Programs go to `out` minus .json plus .SPACE.programs.jsonl
+    as they are done, with the units priced before, and a rerun resumes from there; the table is
+    written at the end."""
     runtime = OnnxRuntimeBackend(threads)
     out = Path(out)
     metadata = device_metadata(device, runtime.name, threads, runtime.runtime_version)
-    log = out.with_suffix(".programs.jsonl")
+    table = open_table(out, metadata, space)
+    if table.entries and not table.notes.startswith(IN_CONTEXT_NOTE):
+        raise LatencyTableError(f"{out}: holds units timed alone, not in context; choose another --out")
+    log = out.with_name(f"{out.stem}.{space.replace(':', '-')}.programs.jsonl")
     header = metadata | {"space": space, "setting": setting.describe()}
-    programs = _read_log(log, header)
-    if not programs:
-        log.write_text(json.dumps(header) + "\n")
-    archs = context_archs(space)[:limit]
-    for arch in tqdm(archs[len(programs):], desc=f"profile {device} in context ({threads}t)", unit="program",
-                     initial=min(len(programs), len(archs)), total=len(archs), disable=not progress):
-        keys = setting_op_keys(arch, setting)
+    records = _read_log(log, header)
+    if not records:
+        records = [header | {"priced_before": sorted(table.entries)}]
+        log.write_text(json.dumps(records[0]) + "\n")
+    priced_before, done = set(records[0]["priced_before"]), records[1:]
+    programs = list(itertools.islice(context_programs(space, setting, priced_before), limit))
+    for arch, keys in tqdm(programs[len(done):], desc=f"profile {device} in context ({threads}t)", unit="program",
+                           initial=min(len(done), len(programs)), total=len(programs), disable=not progress):
         program = setting.program(TraceNetStudent(arch))
         per_unit, wall = profile_in_context(program, program.example_inputs(), keys, runtime)
         scale = wall / sum(per_unit)
@@ -204,16 +256,19 @@ def profile_context(out: str | Path, device: str, threads: int, space: str,
             record["units"].setdefault(str(key), []).append(ms * scale)
         with log.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        programs.append(record)
+        done.append(record)
     observed: dict[str, list[float]] = defaultdict(list)
-    for record in programs[: len(archs)]:
+    for record in done[: len(programs)]:
         for key, times in record["units"].items():
             observed[key] += times
-    table = LatencyTable(device=metadata, provenance="measured", space=space,
-                         notes=f"in context: ONNX Runtime node profiles of {min(len(programs), len(archs))} "
-                               f"covering programs at {setting.describe()}, each unit's nodes scaled to its "
-                               f"program's wall time")
-    for key, times in sorted(observed.items()):
-        table.add(key, summarize(times))
+    added = [key for key in observed if key not in priced_before]
+    count = min(len(done), len(programs))
+    if not priced_before:
+        table.notes = (f"{IN_CONTEXT_NOTE} ONNX Runtime node profiles of {count} covering programs at "
+                       f"{setting.describe()}, each unit's nodes scaled to its program's wall time")
+    elif set(added) - set(table.entries):
+        table.notes += f"; + {space}: {count} programs priced {len(added)} more units"
+    for key in sorted(added):
+        table.add(key, summarize(observed[key]))
     table.save(out)
     return table

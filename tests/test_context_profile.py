@@ -105,20 +105,70 @@ def test_nas_profile_in_context_writes_a_table_and_resumes(tmp_path, capsys):
     argv = ["profile", "--in-context", "--device", "host-ctx", "--backend", "onnxruntime", "--space", TINY,
             "--out", str(out)]
     assert main([*argv, "--limit", "1"]) == 0
-    with (tmp_path / "ctx.programs.jsonl").open("a") as f:
+    log_path = tmp_path / f"ctx.{TINY}.programs.jsonl"
+    with log_path.open("a") as f:
         f.write('{"arch": {"space": ')  # a write cut short by an interruption: dropped on resume
     assert main([*argv, "--limit", "2"]) == 0  # resumes: profiles the second program only
-    log = (tmp_path / "ctx.programs.jsonl").read_text().splitlines()
-    assert len(log) == 3 and json.loads(log[0])["name"] == "host-ctx"
+    log = log_path.read_text().splitlines()
+    assert len(log) == 3 and json.loads(log[0])["name"] == "host-ctx" and json.loads(log[0])["priced_before"] == []
     table = LatencyTable.load(out)
-    assert "in context" in table.notes and table.device["runtime"] == "onnxruntime"
+    assert table.notes.startswith("in context: ONNX Runtime node profiles of 2 covering programs")
+    assert table.device["runtime"] == "onnxruntime" and table.space == TINY
     for arch in context_archs(TINY)[:2]:
         assert not table.missing(setting_op_keys(arch, REFERENCE_SETTING))
     capsys.readouterr()
-    assert main([*argv, "--threads", "2"]) == 2  # the resume log is for 1 thread
+    assert main([*argv, "--threads", "2"]) == 2  # the table is for 1 thread
     assert "threads=1" in capsys.readouterr().err
-    assert main([*argv, "--space", "tracenet_mbv3"]) == 2  # ... and another space
-    assert "space='tracenet_tiny'" in capsys.readouterr().err
     assert main(["profile", "--in-context", "--device", "d", "--backend", "executorch-xnnpack",
                  "--out", str(tmp_path / "x.json")]) == 2
     assert "--backend onnxruntime" in capsys.readouterr().err
+    isolated = tmp_path / "isolated.json"
+    assert main(["profile", "--device", "host-ctx", "--backend", "onnxruntime", "--space", TINY, "--limit", "1",
+                 "--out", str(isolated)]) == 0
+    capsys.readouterr()
+    assert main([*argv[:-1], str(isolated)]) == 2  # in-context units do not join units timed alone
+    assert "not in context" in capsys.readouterr().err
+
+
+def test_another_space_adds_the_units_the_table_lacks_and_keeps_the_rest(tmp_path):
+    """A fixed backbone profiled into a table of the searchable space: its programs price only the units
+    the table lacks (the tap head's are shared); the table's own entries stay as they were."""
+    out = tmp_path / "ctx.json"
+    argv = ["profile", "--in-context", "--device", "host-ctx", "--backend", "onnxruntime", "--out", str(out)]
+    assert main([*argv, "--space", TINY, "--limit", "1"]) == 0
+    before = LatencyTable.load(out)
+    fixed = "fixed:mobilenetv3_small_100"
+    assert main([*argv, "--space", fixed, "--limit", "1"]) == 0
+    after = LatencyTable.load(out)
+    assert {k: after.entries[k] for k in before.entries} == before.entries
+    assert not after.missing(setting_op_keys(context_archs(fixed)[0], REFERENCE_SETTING))
+    assert len(after.entries) > len(before.entries)
+    log = (tmp_path / "ctx.fixed-mobilenetv3_small_100.programs.jsonl").read_text().splitlines()
+    assert json.loads(log[0])["priced_before"] == sorted(before.entries) and len(log) == 2
+    added = len(after.entries) - len(before.entries)
+    assert after.space == TINY and after.notes == f"{before.notes}; + {fixed}: 1 programs priced {added} more units"
+    assert main([*argv, "--space", fixed, "--limit", "1"]) == 0  # done: a rerun changes nothing
+    assert LatencyTable.load(out).to_json() == after.to_json()
+
+
+def _graph(*op_types: str) -> onnx.GraphProto:
+    """A graph of one-input nodes in this order (node_units reads only their types and wiring)."""
+    nodes = [onnx.helper.make_node(op, [f"v{i}"], [f"v{i + 1}"], name=f"n{i}") for i, op in enumerate(op_types)]
+    return onnx.helper.make_graph(nodes, "g", [], [])
+
+
+def test_activations_bns_and_concats_of_fixed_backbones_are_matched_to_their_units():
+    clicks, head = OpKey.parse("clicks[c=5]@8x8"), OpKey.parse("tap_head[cm=8,f=32,hidden=16,layers=1]@4x4")
+    gelu_conv = OpKey.parse("conv[act=gelu,cin=8,cout=8,d=1,g=1,k=1,s=1]@8x8")
+    add, cat = OpKey.parse("eltwise[c=8,fn=add]@8x8"), OpKey.parse("eltwise[c=16,fn=cat]@8x8")
+    bn, relu = OpKey.parse("bn[c=16,fn=bn]@8x8"), OpKey.parse("act[c=16,fn=relu]@8x8")
+    keys = [clicks, gelu_conv, add, cat, bn, relu, head]
+    # a GELU's five nodes (its Add too) are its conv's; Constants inside it do not count
+    graph = _graph("Mul", "Conv", "Div", "Constant", "Erf", "Add", "Mul", "Mul", "Add", "Concat",
+                   "BatchNormalization", "Relu", "Einsum")
+    assert node_units(graph, keys) == [0, 1, 1, 1, 1, 1, 1, 1, 2, 3, 4, 5, 6]
+    with pytest.raises(ContextProfileError, match="expected its activation's nodes"):
+        node_units(_graph("Conv", "Relu", "Add", "Concat", "BatchNormalization", "Relu"), keys)
+    silu = OpKey.parse("conv[act=silu,cin=8,cout=8,d=1,g=1,k=1,s=1]@8x8")
+    with pytest.raises(ContextProfileError, match="no rule for the activation 'silu'"):
+        node_units(_graph("Conv", "Sigmoid", "Mul"), [clicks, silu, head])

@@ -62,6 +62,18 @@ def test_shipped_host_tables_cover_the_default_space(target):
         ArchConfig.largest(), table).latency_ms
 
 
+@pytest.mark.parametrize("target", ["x86-2core-ort-1t-ctx", "x86-2core-ort-2t-ctx"])
+def test_shipped_in_context_tables_also_price_the_fixed_backbones_they_have_rules_for(target):
+    from nas.latency_predict import predict_latency
+    from nas.latency_table import resolve_target
+    from search_spaces import ArchConfig
+
+    table = resolve_target(target)
+    for name in ("mobilenetv3_large_100", "mobilenetv3_small_100", "mobilenetv2_100", "mobilenetv2_140",
+                 "mnasnet_100", "efficientnet_lite0", "ghostnet_100", "repvit_m0_9"):
+        assert predict_latency(ArchConfig.sample(0, f"fixed:{name}"), table).latency_ms > 0  # no missing key
+
+
 def test_iphone_targets_are_calibrated_tables_with_their_error():
     from nas.latency_table import resolve_target
 

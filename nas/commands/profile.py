@@ -26,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="examples:\n  nas profile --device x86-2core-ort-2t --backend onnxruntime --threads 2 "
                "--out latency_tables/x86-2core-ort-2t.json\n  nas profile --in-context --device x86-2core-ort-2t-ctx "
                "--backend onnxruntime --threads 2 --out latency_tables/x86-2core-ort-2t-ctx.json\n"
+               "  nas profile --in-context --device x86-2core-ort-2t-ctx --backend onnxruntime --threads 2 "
+               "--space fixed:mobilenetv3_large_100 --out latency_tables/x86-2core-ort-2t-ctx.json\n"
                "  nas profile --device boardA,boardB --backend "
                "onnxruntime --threads 4 --out tables/ --ray-address auto   # one Ray actor per device",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,7 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "from ONNX Runtime's node profiler, instead of timing units alone. On x86 ONNX Runtime "
                              "converts convs to its blocked NCHWc layout and fuses adds into them, so isolated "
                              "units over-predict networks 1.1-2.6x; in context they add up. --limit counts "
-                             "programs; a rerun resumes from TABLE.programs.jsonl")
+                             "programs; a rerun resumes from TABLE.SPACE.programs.jsonl. Another --space "
+                             "profiled into an existing in-context table adds only the units it lacks (a fixed "
+                             "backbone: about 20 programs); attention and MobileOne/FastViT's unfused BNs have "
+                             "no rule yet")
     parser.add_argument("--ray-address", help="Ray cluster address ('auto' for a running cluster); each device's "
                                               "actor then needs the custom resource 'device_<NAME>'")
     parser.set_defaults(func=_profile)
