@@ -10,9 +10,9 @@ Attribution: the exported graph's nodes follow the traced forward's order, so ea
 node (its Conv, ReduceMean, Add, Concat, BatchNormalization, Resize, an activation's first node) is
 matched to the op keys in order, and a fused activation's nodes (five for a GELU) must follow it;
 crop slices belong to the unit that consumes them; everything before the first unit is the click
-encoding and everything after the last one the tap head. ONNX Runtime keeps node names through its rewrites (an NCHWc conv
-is named after the value it produces), and its layout conversions go to the unit that needs them:
-`ReorderOutput` to the next node, `ReorderInput` to the previous one.
+encoding and everything after the last one the tap head. ONNX Runtime keeps node names through its
+rewrites (an NCHWc conv is named after the value it produces), and its layout conversions go to the
+unit that needs them: `ReorderOutput` to the next node, `ReorderInput` to the previous one.
 """
 
 from __future__ import annotations

@@ -56,8 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "units over-predict networks 1.1-2.6x; in context they add up. --limit counts "
                              "programs; a rerun resumes from TABLE.SPACE.programs.jsonl. Another --space "
                              "profiled into an existing in-context table adds only the units it lacks (a fixed "
-                             "backbone: about 20 programs); attention and MobileOne/FastViT's unfused BNs have "
-                             "no rule yet")
+                             "backbone: about 20 programs); EfficientFormerV2's attention and MobileOne's and "
+                             "FastViT's multi-branch blocks have no rule yet")
     parser.add_argument("--ray-address", help="Ray cluster address ('auto' for a running cluster); each device's "
                                               "actor then needs the custom resource 'device_<NAME>'")
     parser.set_defaults(func=_profile)
