@@ -35,7 +35,7 @@ from nas.backends import OnnxRuntimeBackend, export_onnx, onnx_feeds
 from nas.latency_predict import setting_op_keys
 from nas.latency_setting import REFERENCE_SETTING, LatencySetting
 from nas.latency_table import LatencyTable, LatencyTableError
-from nas.op_keys import Attr, OpKey
+from nas.op_keys import OpKey
 from nas.profiler import covering_archs, device_metadata, measure, open_table, summarize
 from search_spaces.arch_config import ArchConfig
 from search_spaces.space import get_space
@@ -59,30 +59,18 @@ def _no_rule(key: OpKey, what: str) -> ContextProfileError:
     return ContextProfileError(f"in-context profiling has no rule for {what} (op key {key})")
 
 
-def _activation(key: OpKey, fn: Attr) -> tuple[str, ...]:
-    if fn not in ACTIVATION_NODES:
-        raise _no_rule(key, f"the activation {fn!r}")
-    return ACTIVATION_NODES[str(fn)]
-
-
-def _anchor(key: OpKey) -> str:
-    """The ONNX op type that starts `key`'s nodes in an exported program."""
-    if key.kind == "act":
-        return _activation(key, key.attr("fn"))[0]
+def _unit_nodes(key: OpKey) -> tuple[str, ...]:
+    """The ONNX op types `key`'s unit starts with in an exported program: its anchor, then a conv's fused
+    activation or the rest of an activation's nodes."""
+    if key.kind in ("conv", "act"):
+        fn = key.attr("act" if key.kind == "conv" else "fn")
+        if fn != "none" and fn not in ACTIVATION_NODES:
+            raise _no_rule(key, f"the activation {fn!r}")
+        return ("Conv",) * (key.kind == "conv") + ACTIVATION_NODES.get(str(fn), ())
     anchor = ELTWISE_ANCHORS.get(str(key.attr("fn"))) if key.kind == "eltwise" else ANCHORS.get(key.kind)
     if anchor is None:
         raise _no_rule(key, f"eltwise {key.attr('fn')!r} units" if key.kind == "eltwise" else f"{key.kind!r} units")
-    return anchor
-
-
-def _nodes_after_anchor(key: OpKey) -> list[str]:
-    """The op types that follow `key`'s anchor inside the unit: a conv's fused activation, the rest of an
-    activation's nodes."""
-    if key.kind == "conv" and key.attr("act") != "none":
-        return list(_activation(key, key.attr("act")))
-    if key.kind == "act":
-        return list(_activation(key, key.attr("fn"))[1:])
-    return []
+    return (anchor,)
 
 
 def node_units(graph: onnx.GraphProto, keys: Sequence[OpKey]) -> list[int]:
@@ -99,16 +87,16 @@ def node_units(graph: onnx.GraphProto, keys: Sequence[OpKey]) -> list[int]:
                 closer = "" if node.op_type == closer else closer
             elif node.op_type != expected.pop(0):
                 raise ContextProfileError(f"{keys[unit]}: expected its activation's nodes "
-                                          f"{_nodes_after_anchor(keys[unit])}, found {node.op_type} ({node.name})")
-        elif unit < last_trunk and node.op_type == _anchor(keys[unit + 1]):
+                                          f"{list(_unit_nodes(keys[unit])[1:])}, found {node.op_type} ({node.name})")
+        elif unit < last_trunk and node.op_type == _unit_nodes(keys[unit + 1])[0]:
             unit += 1
             owner[i] = unit
-            closer, expected = "Mul" if keys[unit].kind == "se" else "", _nodes_after_anchor(keys[unit])
+            closer, expected = "Mul" if keys[unit].kind == "se" else "", list(_unit_nodes(keys[unit])[1:])
         elif unit == 0 or unit == last_trunk:
             owner[i] = 0 if unit == 0 else head
     if unit != last_trunk:
         raise ContextProfileError(f"matched {unit} of {last_trunk} traced units to the exported graph; "
-                                  f"no {_anchor(keys[unit + 1])} node for {keys[unit + 1]}")
+                                  f"no {_unit_nodes(keys[unit + 1])[0]} node for {keys[unit + 1]}")
     # pads and views (crops) belong to the unit that consumes them: a residual's crop is its add's
     consumers = defaultdict(list)
     for i, node in enumerate(nodes):
