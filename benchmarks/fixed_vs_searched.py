@@ -16,7 +16,8 @@ import tempfile
 
 import optuna
 
-from nas.search import SearchSettings, run_search
+from nas.search.run import run_search
+from nas.search.settings import SearchSettings
 
 
 def main() -> None:

@@ -30,15 +30,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nas.backends import get_backend
-from nas.latency_predict import setting_op_keys
-from nas.latency_setting import REFERENCE_SETTING
-from nas.latency_table import LatencyTable
-from nas.latency_validate import accuracy
-from nas.op_keys import OpKey
-from nas.profiler import measure, measure_unit, profile
-from search_spaces.arch_config import ArchConfig
-from search_spaces.student import TraceNetStudent
+from nas.latency.op_keys import OpKey
+from nas.latency.predict import setting_op_keys
+from nas.latency.profiling.backends import get_backend
+from nas.latency.profiling.profiler import measure, measure_unit, profile
+from nas.latency.setting import REFERENCE_SETTING
+from nas.latency.table import LatencyTable
+from nas.latency.validate import accuracy
+from search_spaces.space import ArchConfig
+from search_spaces.students.student import TraceNetStudent
 
 
 def main() -> None:

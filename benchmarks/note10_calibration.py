@@ -23,13 +23,13 @@ from timm.layers import ConvNormAct, make_divisible
 from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual
 from torch import nn
 
-from nas.latency_calibrate import calibrate
-from nas.latency_import import import_tables, ofa_net_keys
-from nas.op_keys import OpKey, trunk_op_keys
-from nas.profiler import profile
-from search_spaces.backbone import SE_LAYER
-from search_spaces.box import Box
-from search_spaces.tracing import ReceptiveFieldTracer
+from nas.latency.calibrate import calibrate
+from nas.latency.importers import import_tables, ofa_net_keys
+from nas.latency.op_keys import OpKey, trunk_op_keys
+from nas.latency.profiling.profiler import profile
+from search_spaces.modules.backbone import SE_LAYER
+from search_spaces.tracing.box import Box
+from search_spaces.tracing.tracer import ReceptiveFieldTracer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "latency_reference" / "ofa_note10"
 # Once-for-All MobileNetV3 width 1.2 (the space the Note10 tables cover)

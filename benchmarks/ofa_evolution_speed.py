@@ -31,13 +31,11 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from nas.evaluation import ScorePool
-from nas.latency_import import import_tables, ofa_net_keys
-from nas.scores.predictor import fit_predictor, save_predictor
-from nas.search_algorithms import Evolution, Outcome, SearchProblem
-from search_spaces.arch_config import ArchConfig
-from search_spaces.genome import genome_space
-from search_spaces.space import SpaceSpec, StageSpec, register_space
+from nas.latency.importers import import_tables, ofa_net_keys
+from nas.search.algorithms import Evolution, Outcome, SearchProblem
+from nas.search.scores.predictor import fit_predictor, save_predictor
+from nas.search.scoring import ScorePool
+from search_spaces.space import ArchConfig, SpaceSpec, StageSpec, genome_space, register_space
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "latency_reference" / "ofa_note10"
 PUBLISHED_SECONDS = 22.0  # Once-for-All (Cai et al., ICLR 2020): search on CPU with the accuracy predictor

@@ -25,13 +25,12 @@ import torch
 from onnx.utils import Extractor
 from tqdm import tqdm
 
-from nas.backends import OnnxRuntimeBackend, export_onnx, onnx_feeds
-from nas.latency_predict import setting_op_keys
-from nas.latency_setting import REFERENCE_SETTING
-from nas.profiler import measure, measure_unit
-from search_spaces.arch_config import ArchConfig
-from search_spaces.space import DEFAULT_SPACE
-from search_spaces.student import TraceNetStudent
+from nas.latency.predict import setting_op_keys
+from nas.latency.profiling.backends import OnnxRuntimeBackend, export_onnx, onnx_feeds
+from nas.latency.profiling.profiler import measure, measure_unit
+from nas.latency.setting import REFERENCE_SETTING
+from search_spaces.space import DEFAULT_SPACE, ArchConfig
+from search_spaces.students.student import TraceNetStudent
 
 
 def piece_io(graph: onnx.GraphProto, pieces: int) -> list[tuple[list[str], list[str]]]:

@@ -32,10 +32,10 @@ import skimage.data
 import skimage.transform
 import torch
 
-from nas.bench import peak_memory_mb
-from search_spaces.arch_config import ArchConfig
-from search_spaces.segmenter import Segmenter
-from search_spaces.student import TraceNetStudent
+from nas.deploy.bench import peak_memory_mb
+from search_spaces.space import ArchConfig
+from search_spaces.students.segmenter import Segmenter
+from search_spaces.students.student import TraceNetStudent
 
 DEFAULT_ARCHS = ",".join(str(Path(__file__).with_name(f"{name}_best_arch.json"))
                          for name in ("iphone13_5ms", "x86-2core-ort-2t_15ms"))

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import optuna
 
-from nas.search import SearchSettings, parse_budget, run_search
+from nas.search.run import run_search
+from nas.search.settings import SearchSettings, parse_budget
 
 ALGOS = ("evolution", "nsga2", "tpe")
 

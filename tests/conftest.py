@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from search_spaces.tracing_check import calibrate_bn
+from search_spaces.students.tracing_check import calibrate_bn
 
 TINY = "tracenet_tiny"
 
@@ -20,8 +20,8 @@ def calibrate():
 @pytest.fixture(scope="session")
 def tiny_table_path(tmp_path_factory):
     """A complete table for the tiny space: latency proportional to output area x output channels."""
-    from nas.latency_table import Entry, LatencyTable
-    from nas.profiler import profile_keys
+    from nas.latency.profiling.profiler import profile_keys
+    from nas.latency.table import Entry, LatencyTable
 
     table = LatencyTable(device={"name": "tiny-unit", "runtime": "torch", "threads": 1}, provenance="measured",
                          space=TINY)

@@ -5,15 +5,23 @@ import json
 import numpy as np
 import pytest
 
-from search_spaces import ArchConfig, ArchConfigError, SpaceSpec, StageSpec, UnknownSpaceError, register_space
-from search_spaces.space import get_space
+from search_spaces import ArchConfig, ArchConfigError, SpaceSpec, StageSpec, UnknownSpaceError
+from search_spaces.space import get_space, list_spaces, registered_space
 
 TINY = "tracenet_tiny"
 
-MICRO = register_space(SpaceSpec(
+MICRO = SpaceSpec(
     name="test_micro", stages=tuple(StageSpec(8, 2, "relu") for _ in range(4)), resolutions=(64,),
     width_mults=(1.0,), depths=(1, 2), kernels=(3, 5), expands=(2,), fpn_channels=(8,), mask_channels=(4,),
-    dyn_layers=(1,), se=(False,)))
+    dyn_layers=(1,), se=(False,))
+
+
+@pytest.fixture
+def micro():
+    """The micro space, registered only while the test runs."""
+    with registered_space(MICRO) as spec:
+        yield spec
+    assert "test_micro" not in list_spaces()
 
 
 def test_round_trip_json_and_dict():
@@ -83,7 +91,7 @@ def test_largest_smallest_and_members():
     assert all(k == max(spec.kernels) for ks in big.kernels for k in ks)
 
 
-def test_space_size_matches_enumeration():
+def test_space_size_matches_enumeration(micro):
     spec = get_space("test_micro")
     per_stage = []
     for depth in spec.depths:

@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from nas.cli import main
+from nas.cli.main import main
 from search_spaces import ArchConfig, get_space
 
 TINY = "tracenet_tiny"
@@ -83,3 +83,21 @@ def test_console_script_is_installed():
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     result = subprocess.run([exe, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "space" in result.stdout
+
+
+def test_input_errors_are_one_line_and_bugs_keep_their_traceback(capsys, monkeypatch):
+    from nas.cli import space
+    from search_spaces import TraceNASError, UnknownSpaceError
+
+    code, out, err = run(capsys, "space", "show", "--space", "nospace")
+    assert code == 2 and not out and err.count("\n") == 1 and "unknown space 'nospace'" in err
+    with pytest.raises(UnknownSpaceError):  # --debug shows the traceback of an input error too
+        main(["--debug", "space", "show", "--space", "nospace"])
+
+    def bug(args):
+        raise ValueError("an internal bug, not bad input")
+
+    monkeypatch.setattr(space, "_show", bug)
+    assert not issubclass(ValueError, TraceNASError)
+    with pytest.raises(ValueError, match="internal bug"):  # not caught as if it were the user's fault
+        main(["space", "show"])

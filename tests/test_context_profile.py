@@ -4,16 +4,22 @@ import json
 import onnx
 import pytest
 
-from nas.backends import OnnxRuntimeBackend, export_onnx
-from nas.cli import main
-from nas.context_profile import ContextProfileError, context_archs, node_units, profile_in_context, unit_times
-from nas.latency_predict import setting_op_keys
-from nas.latency_setting import REFERENCE_SETTING
-from nas.latency_table import LatencyTable
-from nas.op_keys import OpKey
-from nas.profiler import covering_archs
+from nas.cli.main import main
+from nas.latency.op_keys import OpKey
+from nas.latency.predict import setting_op_keys
+from nas.latency.profiling.backends import OnnxRuntimeBackend, export_onnx
+from nas.latency.profiling.in_context import (
+    ContextProfileError,
+    context_archs,
+    node_units,
+    profile_in_context,
+    unit_times,
+)
+from nas.latency.profiling.profiler import covering_archs
+from nas.latency.setting import REFERENCE_SETTING
+from nas.latency.table import LatencyTable
 from search_spaces.space import get_space
-from search_spaces.student import TraceNetStudent
+from search_spaces.students.student import TraceNetStudent
 
 TINY = "tracenet_tiny"
 

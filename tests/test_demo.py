@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nas.demo import DemoApp, make_server
+from nas.deploy.demo import DemoApp, make_server
 from search_spaces import ArchConfig, Segmenter, TraceNetStudent
 
 

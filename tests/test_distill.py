@@ -4,17 +4,21 @@ import math
 import numpy as np
 import pytest
 import torch
+import yaml
 
-from distill.config import ConfigError, LossConfig, load_config
-from distill.datasets import SyntheticShapes
-from distill.engine import Trainer
-from distill.losses import distill_losses
-from distill.teacher_cache import TeacherCache
+from distill.data.datasets import SyntheticShapes
 from distill.teachers import TeacherError, build_teacher
+from distill.teachers.cache import TeacherCache
 from distill.teachers.sam import build_tiny_sam
+from distill.training.config import ConfigError, LossConfig, load_config
+from distill.training.engine import Trainer
+from distill.training.losses import distill_losses
 from experiments import shipped_configs
-from nas.cli import main
-from search_spaces.checkpoint import load_student, load_supernet
+from nas.cli.main import main
+from nas.search.scores.supernet import SupernetScorer
+from search_spaces import ArchConfig, TraceNetSupernet
+from search_spaces.students.checkpoint import load_student, load_supernet
+from search_spaces.students.student import TraceNetStudent
 
 FAST = ["train.steps=3", "train.batch_size=2", "data.train=synthetic:6:64", "student.space=tracenet_tiny",
         "student.arch=smallest", "train.checkpoint_every=2", "train.log_every=1", "train.image_every=1"]
@@ -137,9 +141,19 @@ def test_train_supernet_sandwich_feeds_the_search_scorer(tmp_path, tiny_table_pa
                  "--set", "data.train=synthetic:4:64", "--out", str(tmp_path / "sn"), "--quiet"]) == 0
     supernet = load_supernet(tmp_path / "sn" / "supernet.pt")
     assert supernet.spec.name == "tracenet_tiny"
+    seed = yaml.safe_load((tmp_path / "sn" / "config.yaml").read_text())["train"]["seed"]
+    torch.manual_seed(seed)
+    initial = TraceNetSupernet("tracenet_tiny")
+    for arch in (ArchConfig.largest("tracenet_tiny"), ArchConfig.smallest("tracenet_tiny")):  # both ends trained
+        trained, untrained = supernet.extract(arch).state_dict(), initial.extract(arch).state_dict()
+        assert any(not torch.equal(trained[k], untrained[k]) for k in trained if trained[k].is_floating_point())
     assert main(["search", "--target", str(tiny_table_path), "--budget", "1.7", "--space", "tracenet_tiny",
                  "--population", "4", "--generations", "1", "--supernet", str(tmp_path / "sn" / "supernet.pt"),
                  "--data", "synthetic:2:64", "--out", str(tmp_path / "s"), "--quiet"]) == 0
+    best = json.loads((tmp_path / "s" / "best_arch.json").read_text())
+    assert best["score_kind"] == "supernet" and best["score_name"] == "supernet"
+    scorer = SupernetScorer(str(tmp_path / "sn" / "supernet.pt"), "synthetic:2:64")  # the score is mIoU-T, rescored
+    assert best["score"] == pytest.approx(scorer.score(ArchConfig.from_dict(best["arch"])))
 
 
 def test_two_ray_train_workers_run_the_smoke_config(tmp_path, capsys):
@@ -148,7 +162,14 @@ def test_two_ray_train_workers_run_the_smoke_config(tmp_path, capsys):
                  "--quiet", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 2 and np.isfinite(summary["loss_last"])
-    assert load_student(tmp_path / "run" / "student.pt").arch.space == "tracenet_tiny"
+    # each rank drew its own batches; averaged gradients keep the replicas identical
+    rank0, rank1 = summary["replica_weights_sha1"]
+    assert rank0 == rank1
+    student = load_student(tmp_path / "run" / "student.pt")
+    torch.manual_seed(0)
+    initial = TraceNetStudent(student.arch)
+    assert student.arch.space == "tracenet_tiny"
+    assert any(not torch.equal(a, b) for a, b in zip(student.parameters(), initial.parameters(), strict=True))
 
 
 def test_sam2_teacher_when_the_optional_package_is_installed(tmp_path):
@@ -164,7 +185,7 @@ def test_sam2_teacher_when_the_optional_package_is_installed(tmp_path):
 
 
 def test_feature_distillation_through_an_adapter(tmp_path):
-    from distill.losses import feature_loss
+    from distill.training.losses import feature_loss
 
     assert float(feature_loss(torch.zeros(3, 4, 4), torch.ones(3, 8, 8))) == pytest.approx(1.0)
     with pytest.raises(ConfigError, match="no image embedding"):
@@ -180,7 +201,7 @@ def test_feature_distillation_through_an_adapter(tmp_path):
 def test_unlabeled_folder_the_teacher_makes_the_targets(tmp_path, capsys):
     from PIL import Image
 
-    from distill.datasets import DatasetError, load_dataset
+    from distill.data.datasets import DatasetError, load_dataset
 
     (tmp_path / "photos" / "sub").mkdir(parents=True)
     for i, sample in enumerate(SyntheticShapes(3, 64)):
@@ -198,14 +219,32 @@ def test_unlabeled_folder_the_teacher_makes_the_targets(tmp_path, capsys):
                                        "train.steps=2"])
     assert np.isfinite(Trainer(config, tmp_path / "run", progress=False).fit()["loss_last"])
     with pytest.raises(DatasetError, match="unlabeled"):
-        from distill.datasets import labelled
+        from distill.data.datasets import labelled
 
         labelled(load_dataset(f"folder:{tmp_path / 'photos'}"), "folder")
 
 
 def test_gradient_accumulation_averages_micro_batches(tmp_path):
-    config = load_config(None, FAST + ["train.accumulate=2", "train.steps=2", "train.ema_decay=0.9"])
+    config = load_config(None, FAST + ["train.accumulate=2", "train.steps=1", "train.ema_decay=0"])
     trainer = Trainer(config, tmp_path / "run", progress=False)
+    params = [p for p in trainer.module.parameters() if p.requires_grad]
+    micro_grads, applied = [], []
+    step_losses, optimizer_step = trainer._step_losses, trainer.optimizer.step
+
+    def recording_losses():  # each micro-batch's own gradient, taken before the engine accumulates it
+        total, log = step_losses()
+        micro_grads.append(torch.autograd.grad(total, params, retain_graph=True, allow_unused=True))
+        return total, log
+
+    def recording_step(*args, **kwargs):
+        applied.append([p.grad.clone() if p.grad is not None else None for p in params])
+        return optimizer_step(*args, **kwargs)
+
+    trainer._step_losses, trainer.optimizer.step = recording_losses, recording_step
     summary = trainer.fit()
-    assert summary["steps"] == 2 and len(trainer.history) == 2  # two optimiser steps of two micro-batches each
-    assert load_student(tmp_path / "run" / "student.pt").arch == trainer.arch  # the EMA weights are saved
+    assert summary["steps"] == 1 and len(micro_grads) == 2 and len(applied) == 1
+    for g1, g2, g in zip(*micro_grads, applied[0], strict=True):
+        if g1 is None:
+            continue
+        assert torch.allclose(g, (g1 + g2) / 2, atol=1e-6)
+    assert load_student(tmp_path / "run" / "student.pt").arch == trainer.arch

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from distill.datasets import Sample
-from nas.cli import main
-from nas.eval_noc import noc_protocol
-from nas.eval_tracenet import tracenet_protocol
+from distill.data.datasets import Sample
+from nas.cli.main import main
+from nas.evaluation.noc import noc_protocol
+from nas.evaluation.tracenet import tracenet_protocol
 from search_spaces import ArchConfig, TraceNetStudent
-from search_spaces.checkpoint import save_student
+from search_spaces.students.checkpoint import save_student
 
 
 def _rect(h, w, y0, y1, x0, x1):

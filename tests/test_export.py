@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from nas.cli import main
-from nas.export import export_student
-from nas.latency_setting import LatencySetting
+from nas.cli.main import main
+from nas.deploy.export import export_student
+from nas.latency.setting import LatencySetting
 from search_spaces import ArchConfig, TraceNetStudent
 
 TINY = "tracenet_tiny"

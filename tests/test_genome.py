@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 
 from search_spaces import ArchConfig
-from search_spaces.genome import genome_space
-from search_spaces.space import get_space
+from search_spaces.space import genome_space, get_space
 
 TINY = "tracenet_tiny"
 

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from nas.cli import main
-from nas.latency_calibrate import (
+from nas.cli.main import main
+from nas.latency.calibrate import (
     FREE_SCALE,
     CalibrationError,
     calibrate,
@@ -12,10 +12,10 @@ from nas.latency_calibrate import (
     op_class,
     write_measurements,
 )
-from nas.latency_predict import predict_latency, setting_op_keys
-from nas.latency_setting import REFERENCE_SETTING
-from nas.latency_table import Entry, LatencyTable
-from nas.profiler import profile_keys
+from nas.latency.predict import predict_latency, setting_op_keys
+from nas.latency.profiling.profiler import profile_keys
+from nas.latency.setting import REFERENCE_SETTING
+from nas.latency.table import Entry, LatencyTable
 from search_spaces import ArchConfig
 
 TINY = "tracenet_tiny"
@@ -107,7 +107,7 @@ MobileNetV2 x1.0,mobilenetv2_100,64,9.9,Phone Y,Core ML,other device
 
 
 def test_calibrate_to_published_timm_latencies(tmp_path, capsys):
-    from nas.timm_keys import timm_op_keys
+    from nas.latency.timm_keys import timm_op_keys
 
     keys = {n: timm_op_keys(n, 64) for n in ("mobilenetv2_100", "mobilenetv2_140", "mobileone_s0")}
     assert keys["mobilenetv2_100"][-2].kind == "gpool" and keys["mobilenetv2_100"][-1].kind == "linear"

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from nas.cli import main
-from nas.latency_import import LatencyImportError, check_ofa_net, import_tables, ofa_net_keys
+from nas.cli.main import main
+from nas.latency.importers import LatencyImportError, check_ofa_net, import_tables, ofa_net_keys
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "latency_reference"
 

@@ -1,8 +1,10 @@
 import json
 
+import numpy as np
 import pytest
 
-from nas.latency_table import (
+from nas.latency.op_keys import OpKey
+from nas.latency.table import (
     Entry,
     LatencyTable,
     LatencyTableError,
@@ -11,7 +13,6 @@ from nas.latency_table import (
     resolve_target,
     shape_ladder,
 )
-from nas.op_keys import OpKey
 
 CONV = "conv[act=relu,cin=8,cout=8,d=1,g=1,k=1,s=1]"
 
@@ -107,7 +108,7 @@ def test_shape_ladder_steps_by_sqrt2_in_side():
 
 
 def test_latency_setting_validation():
-    from nas.latency_setting import LatencySetting, parse_image_size
+    from nas.latency.setting import LatencySetting, parse_image_size
 
     assert parse_image_size("1024x768") == (1024, 768)
     for bad in ("1024", "1000x768", "axb", "0x32"):
@@ -120,7 +121,7 @@ def test_latency_setting_validation():
 
 
 def test_repeatability_counts_subnets_whose_rounds_agree_within_10pct():
-    from nas.latency_validate import repeatability
+    from nas.latency.validate import repeatability
 
     stats = repeatability([[10.0, 10.5, 10.2], [10.0, 12.0], [5.0, 5.4]])  # spreads 5 %, 20 %, 8 %
     assert stats["rounds_within_10pct"] == pytest.approx(2 / 3)
@@ -128,24 +129,40 @@ def test_repeatability_counts_subnets_whose_rounds_agree_within_10pct():
 
 
 def test_validate_measures_random_subnets_and_feeds_calibrate(tmp_path, tiny_table_path, capsys):
-    from nas.cli import main
-    from nas.latency_predict import predict_latency
-    from nas.latency_setting import REFERENCE_SETTING
-    from search_spaces.arch_config import ArchConfig
+    from nas.cli.main import main
+    from nas.latency.predict import setting_op_keys
+    from nas.latency.setting import REFERENCE_SETTING
+    from nas.latency.table import Entry
+    from nas.latency.validate import validate
+    from search_spaces.space import ArchConfig
 
     csv = tmp_path / "e2e.csv"
     assert main(["latency", "validate", "--target", str(tiny_table_path), "--backend", "torch", "--n", "3",
                  "--rounds", "2", "--json", "--measurements-out", str(csv)]) == 0
     report = json.loads(capsys.readouterr().out)
-    table = LatencyTable.load(tiny_table_path)
     assert report["n"] == 3 and report["space"] == "tracenet_tiny" and len(report["cases"]) == 3
-    for case in report["cases"]:  # predicted is the table's sum; measured is a real timing
-        arch = ArchConfig.from_dict(case["arch"])
-        assert case["predicted_ms"] == pytest.approx(predict_latency(arch, table, REFERENCE_SETTING).latency_ms)
+    for case in report["cases"]:
         assert len(case["round_ms"]) == 2 and case["measured_ms"] == min(case["round_ms"]) > 0
-    assert 0 <= report["within_10pct"] <= 1 and report["mape"] >= 0
+    predicted = np.array([c["predicted_ms"] for c in report["cases"]])
+    measured = np.array([c["measured_ms"] for c in report["cases"]])
+    assert report["mape"] == pytest.approx(np.mean(np.abs(predicted - measured) / measured))
+    assert report["within_10pct"] == pytest.approx(np.mean(np.abs(predicted - measured) <= 0.1 * measured))
     spreads = [max(c["round_ms"]) / min(c["round_ms"]) - 1 for c in report["cases"]]
     assert report["max_round_spread"] == pytest.approx(max(spreads))
+
+    # predicted is the sum of the table's entries over each network's traced units: a table with an exact
+    # entry of known latency per unit gives that sum, with multiplicity, plus the overhead
+    archs = [ArchConfig.from_dict(c["arch"]) for c in report["cases"]]
+    keys = {arch: setting_op_keys(arch, REFERENCE_SETTING) for arch in archs}
+    known = LatencyTable(device={"name": "known"}, provenance="measured", space="tracenet_tiny", overhead_ms=0.25)
+    price = {str(k): 0.01 * (1 + i % 7) for i, k in enumerate(sorted({str(k) for ks in keys.values() for k in ks}))}
+    for key, ms in price.items():
+        known.add(key, Entry(count=10, mean=ms, median=ms, p90=ms, std=0.0))
+    again = validate(known, "torch", 1, n=3, seed=0, rounds=1, progress=False)
+    assert [ArchConfig.from_dict(c["arch"]) for c in again["cases"]] == archs  # the same seed, the same networks
+    for case, arch in zip(again["cases"], archs, strict=True):
+        assert case["predicted_ms"] == pytest.approx(0.25 + sum(price[str(k)] for k in keys[arch]))
+
     assert main(["latency", "calibrate", "--base", str(tiny_table_path), "--measurements", str(csv),
                  "--out", str(tmp_path / "cal.json")]) == 0
     assert LatencyTable.load(tmp_path / "cal.json").provenance == "calibrated"

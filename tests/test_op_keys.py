@@ -2,10 +2,10 @@ import pytest
 import torch
 from torch import nn
 
-from nas.op_keys import OpKey, OpKeyError, arch_op_keys, trunk_op_keys
+from nas.latency.op_keys import OpKey, OpKeyError, arch_op_keys, trunk_op_keys
 from search_spaces import ArchConfig, Box, ReceptiveFieldTracer
-from search_spaces.backbone import IN_CHANNELS
-from search_spaces.student import TraceNetStudent, output_cells
+from search_spaces.space import IN_CHANNELS
+from search_spaces.students.student import TraceNetStudent, output_cells
 
 TINY = "tracenet_tiny"
 
@@ -85,3 +85,33 @@ def test_se_units_only_where_the_arch_has_se():
     keys = arch_op_keys(arch, (128, 128), (64.0, 64.0), None)
     se_blocks = sum(d for d, se in zip(arch.depths, arch.se, strict=True) if se)
     assert sum(k.kind == "se" for k in keys) == se_blocks
+
+
+def test_one_op_kind_registry_serves_profiling_calibration_and_in_context_matching(monkeypatch):
+    from nas.latency.calibrate import op_class
+    from nas.latency.op_keys import OpKeyError
+    from nas.latency.op_kinds import OP_KINDS, OpKind, op_kind, op_module
+    from nas.latency.profiling.in_context import _unit_nodes
+
+    def build(key):
+        return torch.nn.Hardshrink(), (torch.randn(1, int(key.attr("c")), *key.out_hw),)
+
+    key = OpKey.parse("shrink[c=4]@5x6")
+    with pytest.raises(OpKeyError, match="no op kind 'shrink'"):
+        op_module(key)
+    assert op_class(key) == "shrink"  # an unknown kind (an imported table's block) is its own class
+    monkeypatch.setitem(OP_KINDS, "shrink", OpKind("shrink", ("c",), build, calibration_class=lambda k: "act",
+                                                   onnx_anchor=lambda k: "Shrink"))
+    module, inputs = op_module(key)
+    assert module(*inputs).shape == (1, 4, 5, 6)
+    assert op_class(key) == "act" and _unit_nodes(key) == ("Shrink",) and op_kind(key).shape_free
+    with pytest.raises(OpKeyError, match="does not carry the attributes"):
+        op_module(OpKey.parse("shrink[c=4,k=3]@5x6"))
+
+
+def test_every_unit_a_student_runs_is_a_registered_kind():
+    from nas.latency.op_kinds import op_kind
+
+    for space in ("tracenet_tiny", "fixed:mobilenetv3_small_100", "fixed:efficientformerv2_s0"):
+        for key in arch_op_keys(ArchConfig.largest(space), (96, 128), (64.0, 48.0), None):
+            assert op_kind(key).name == key.kind

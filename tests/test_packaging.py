@@ -1,31 +1,47 @@
 """The data folders ship as package data, so a non-editable install finds them."""
 
+import json
+from importlib.metadata import distribution
 from importlib.resources import files
+from pathlib import Path
 
 import pytest
 
 import experiments
 import latency_tables
 
+SOURCE = Path(__file__).resolve().parents[1]
+
 
 def test_data_folders_are_installed_with_the_package():
     assert files("latency_tables").joinpath("README.md").is_file()
     assert files("experiments").joinpath("README.md").is_file()
-    assert isinstance(latency_tables.shipped_tables(), dict)
-    assert isinstance(experiments.shipped_configs(), dict)
+    tables, configs = latency_tables.shipped_tables(), experiments.shipped_configs()
+    assert set(tables) == {p.stem for p in (SOURCE / "latency_tables").glob("*.json")}  # every table ships
+    assert set(configs) == {p.stem for p in (SOURCE / "experiments").glob("*.yaml")}
+    for path in tables.values():
+        assert json.loads(path.read_text())["schema"] == "tracenas-latency-table"
+    assert configs["smoke"].read_text() == (SOURCE / "experiments" / "smoke.yaml").read_text()
 
 
-def test_top_level_packages_import():
-    import distill
+def test_installed_metadata_matches_the_code():
     import nas
     import search_spaces
+    from nas.cli.main import main
 
-    assert nas.__version__ and distill.__doc__ and search_spaces.ArchConfig
+    dist = distribution("tracenas")
+    assert dist.version == nas.__version__
+    [script] = [e for e in dist.entry_points if e.group == "console_scripts" and e.name == "nas"]
+    assert script.load() is main
+    assert nas.TraceNASError is search_spaces.TraceNASError
+    assert dist.metadata["License-Expression"] == "Apache-2.0"
+    [license_file] = [f for f in dist.files if f.name == "LICENSE"]
+    assert "Apache License" in license_file.read_text() and "Version 2.0" in license_file.read_text()
 
 
 def test_shipped_tables_load_and_resolve_by_name(capsys):
-    from nas.cli import main
-    from nas.latency_table import resolve_target
+    from nas.cli.main import main
+    from nas.latency.table import resolve_target
 
     shipped = latency_tables.shipped_tables()
     assert {"x86-2core-ort-1t", "x86-2core-ort-2t", "x86-2core-xnnpack-1t", "x86-2core-xnnpack-2t"} <= set(shipped)
@@ -33,10 +49,10 @@ def test_shipped_tables_load_and_resolve_by_name(capsys):
         assert resolve_target(f"x86-2core-xnnpack-{threads}-e2e").calibration["base"] == f"x86-2core-xnnpack-{threads}"
     for name in shipped:
         table = resolve_target(name)
-        assert table.name == name and table.entries
+        assert table.name == name and len(table.entries) == len(json.loads(shipped[name].read_text())["entries"])
         assert table.provenance in ("measured", "imported", "calibrated")
     assert main(["latency", "tables", "--json"]) == 0
-    rows = [__import__("json").loads(line) for line in capsys.readouterr().out.splitlines()]
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {r["target"] for r in rows} == set(shipped)
     assert main(["latency", "tables"]) == 0  # a measured table's notes carry its validation
     assert resolve_target("x86-2core-xnnpack-2t").notes in capsys.readouterr().out
@@ -45,9 +61,9 @@ def test_shipped_tables_load_and_resolve_by_name(capsys):
 @pytest.mark.parametrize("target", ["x86-2core-ort-2t", "x86-2core-ort-1t-ctx", "x86-2core-ort-2t-ctx"])
 def test_shipped_host_tables_cover_the_default_space(target):
     """Every op configuration of random tracenet_mbv3 subnets is in the measured tables (no missing keys)."""
-    from nas.latency_predict import predict_latency
-    from nas.latency_setting import LatencySetting
-    from nas.latency_table import resolve_target
+    from nas.latency.predict import predict_latency
+    from nas.latency.setting import LatencySetting
+    from nas.latency.table import resolve_target
     from search_spaces import ArchConfig
 
     table = resolve_target(target)
@@ -64,8 +80,8 @@ def test_shipped_host_tables_cover_the_default_space(target):
 
 @pytest.mark.parametrize("target", ["x86-2core-ort-1t-ctx", "x86-2core-ort-2t-ctx"])
 def test_shipped_in_context_tables_also_price_the_fixed_backbones_they_have_rules_for(target):
-    from nas.latency_predict import predict_latency
-    from nas.latency_table import resolve_target
+    from nas.latency.predict import predict_latency
+    from nas.latency.table import resolve_target
     from search_spaces import ArchConfig
 
     table = resolve_target(target)
@@ -75,7 +91,7 @@ def test_shipped_in_context_tables_also_price_the_fixed_backbones_they_have_rule
 
 
 def test_iphone_targets_are_calibrated_tables_with_their_error():
-    from nas.latency_table import resolve_target
+    from nas.latency.table import resolve_target
 
     for name in ("iphone13", "iphone12"):
         table = resolve_target(name)

@@ -4,10 +4,10 @@ import sys
 
 import pytest
 
-from nas.cli import main
-from nas.latency_table import LatencyTable, LatencyTableError
-from nas.profile_bundle import read_results, write_bundle
-from nas.profiler import profile_keys
+from nas.cli.main import main
+from nas.latency.profiling.bundle import read_results, write_bundle
+from nas.latency.profiling.profiler import profile_keys
+from nas.latency.table import LatencyTable, LatencyTableError
 
 TINY = "tracenet_tiny"
 
@@ -62,7 +62,7 @@ def test_bad_results_and_bundle_arguments(tmp_path, capsys):
         read_results(bad, "x")
     assert main(["profile", "import", str(tmp_path / "none.json"), "--device", "x", "--out",
                  str(tmp_path / "t.json")]) == 2
-    assert "not a readable results file" in capsys.readouterr().err
+    assert "none.json: no such results file" in capsys.readouterr().err
     assert main(["profile", "--backend", "torch"]) == 2
     assert "--device, --out required" in capsys.readouterr().err
     with pytest.raises(ValueError, match="bundles are for"):

@@ -4,11 +4,12 @@ import json
 import pytest
 import torch
 
-import nas.profiler as profiler
-from nas.cli import main
-from nas.latency_table import Entry, LatencyTable, LatencyTableError
-from nas.op_keys import OpKey
-from nas.profiler import covering_archs, measure, op_module, profile, profile_keys, summarize
+import nas.latency.profiling.profiler as profiler
+from nas.cli.main import main
+from nas.latency.op_keys import OpKey, OpKeyError
+from nas.latency.op_kinds import op_module
+from nas.latency.profiling.profiler import covering_archs, measure, profile, profile_keys, summarize
+from nas.latency.table import Entry, LatencyTable, LatencyTableError
 from search_spaces import get_space
 
 TINY = "tracenet_tiny"
@@ -33,7 +34,7 @@ def test_covering_archs_contain_every_per_layer_choice():
 def test_profile_keys_cover_every_configuration_at_ladder_shapes(tiny_keys):
     configs = {k.config for k in tiny_keys}
     arch = covering_archs(TINY)[5]
-    from nas.op_keys import arch_op_keys
+    from nas.latency.op_keys import arch_op_keys
 
     assert {k.config for k in arch_op_keys(arch, (96, 128), (10.0, 10.0), 32)} <= configs
     assert all(k.out_hw[0] == k.out_hw[1] for k in tiny_keys)  # squares of the ladder
@@ -51,12 +52,12 @@ def test_op_modules_produce_the_key_shape(tiny_keys):
         with torch.no_grad():
             out = module.eval()(*inputs)
         assert tuple(out.shape[-2:]) == key.out_hw, key
-    with pytest.raises(ValueError, match="no module builder"):
+    with pytest.raises(OpKeyError, match="no op kind .softmax. is registered"):
         op_module(OpKey.parse("softmax[c=4]@2x2"))
 
 
 def test_measure_unit_times_the_unit_at_its_exact_shape():
-    from nas.backends import get_backend
+    from nas.latency.profiling.backends import get_backend
 
     key = OpKey.parse("conv[act=relu,cin=4,cout=8,d=1,g=1,k=3,s=1]@6x10")
     shapes = []
@@ -170,7 +171,7 @@ def test_cli_predict_on_a_complete_table(tmp_path, capsys, tiny_keys):
     assert main(["latency", "predict", "--target", str(path), "--arch", str(arch_file), "--json",
                  "--full-frame"]) == 0
     report = json.loads(capsys.readouterr().out)
-    from nas.op_keys import arch_op_keys
+    from nas.latency.op_keys import arch_op_keys
     from search_spaces import ArchConfig
 
     arch = ArchConfig.from_json(arch_file.read_text())
@@ -202,8 +203,8 @@ def test_classifier_tail_units():
 
 def test_executorch_lowers_one_dynamic_program_per_configuration(tmp_path, tiny_keys, monkeypatch):
     pytest.importorskip("executorch", reason="install the [mobile] extra")
-    from nas import backends
-    from nas.profiler import _lowering_groups
+    from nas.latency.profiling import backends
+    from nas.latency.profiling.profiler import _lowering_groups
 
     config = next(k.config for k in tiny_keys if k.kind == "conv" and k.out_hw[0] >= 16)
     ladder = [k for k in tiny_keys if k.config == config]
@@ -227,7 +228,7 @@ def test_executorch_lowers_one_dynamic_program_per_configuration(tmp_path, tiny_
 
 def test_executorch_units_take_the_layout_they_run_in_within_a_network():
     pytest.importorskip("executorch", reason="install the [mobile] extra")
-    from nas.backends import NCHW_1X1, NCHW_PORTABLE, NHWC, get_backend, lower_executorch
+    from nas.latency.profiling.backends import NCHW_1X1, NCHW_PORTABLE, NHWC, get_backend, lower_executorch
 
     conv = op_module(OpKey.parse("conv[act=relu,cin=8,cout=16,d=1,g=1,k=3,s=1]@6x6"))
     upsample = op_module(OpKey.parse("upsample[c=8,scale=2]@6x6"))  # a portable kernel: NCHW
@@ -243,7 +244,7 @@ def test_executorch_units_take_the_layout_they_run_in_within_a_network():
 
 def test_onnxruntime_without_layout_transforms_runs_the_same_model():
     ort = pytest.importorskip("onnxruntime")
-    from nas.backends import OnnxRuntimeBackend, export_onnx
+    from nas.latency.profiling.backends import OnnxRuntimeBackend, export_onnx
 
     module = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3), torch.nn.ReLU()).eval()
     x = torch.randn(1, 8, 12, 12)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from distill.prompts import (
+from distill.data.prompts import (
     TapMix,
     boundary_distance,
     draw_rounds,

@@ -6,17 +6,17 @@ import pytest
 import torch
 from torch import nn
 
-from distill.datasets import DatasetError, SyntheticShapes, load_dataset
-from nas.cli import main
-from nas.scores import build_scorer
-from nas.scores.predictor import PredictorScorer, fit_predictor, load_predictor, read_pairs, save_predictor
-from nas.scores.supernet import SupernetScorer
-from nas.tap_metrics import instance_taps, mask_iou
+from distill.data.datasets import DatasetError, SyntheticShapes, load_dataset
+from distill.data.tap_metrics import instance_taps, mask_iou
+from nas.cli.main import main
+from nas.search.scores import build_scorer
+from nas.search.scores.predictor import PredictorScorer, fit_predictor, load_predictor, read_pairs, save_predictor
+from nas.search.scores.supernet import SupernetScorer
 from search_spaces import ArchConfig
-from search_spaces.batchnorm import recalibrate_bn
-from search_spaces.checkpoint import CheckpointError, load_supernet, save_supernet
-from search_spaces.genome import genome_space
-from search_spaces.supernet import TraceNetSupernet
+from search_spaces.modules.batchnorm import recalibrate_bn
+from search_spaces.space import genome_space
+from search_spaces.students.checkpoint import CheckpointError, load_supernet, save_supernet
+from search_spaces.students.supernet import TraceNetSupernet
 
 TINY = "tracenet_tiny"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

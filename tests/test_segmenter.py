@@ -106,7 +106,7 @@ def _random_bn_stats(model: torch.nn.Module) -> None:
 def test_batchnorm_folding_keeps_outputs_and_removes_every_trunk_norm():
     import copy
 
-    from search_spaces.fusion import fold_batchnorm, optimise_for_inference
+    from search_spaces.students.fusion import fold_batchnorm, optimise_for_inference
 
     model = TraceNetStudent(ArchConfig.sample(3, TINY)).eval()
     _random_bn_stats(model)
@@ -124,15 +124,15 @@ def test_batchnorm_folding_keeps_outputs_and_removes_every_trunk_norm():
 
 
 def _window():
-    from search_spaces.student import tap_window
+    from search_spaces.students.student import tap_window
 
     return tap_window((96, 128), (70.0, 30.0), 32)
 
 
 @pytest.mark.parametrize("fraction, cropped", [(0.25, True), (1.0, False)])
 def test_windowed_prediction_equals_the_full_frame_inside_the_window(fraction, cropped):
-    from search_spaces.box import Box
-    from search_spaces.student import tap_window
+    from search_spaces.students.student import tap_window
+    from search_spaces.tracing.box import Box
 
     arch = ArchConfig.sample(3, TINY)  # without squeeze-excitation, so that cropping is exact
     model = TraceNetStudent(dataclasses.replace(arch, resolution=128, se=(False,) * len(arch.se))).eval()

@@ -4,8 +4,8 @@ import torch
 from torch import nn
 
 from search_spaces import ArchConfig, Box, ReceptiveFieldTracer, TraceNetStudent, TracingError, tap_window
-from search_spaces.complexity import student_flops
-from search_spaces.tracing_check import check_tracing
+from search_spaces.students.complexity import student_flops
+from search_spaces.students.tracing_check import check_tracing
 
 TINY = "tracenet_tiny"
 

@@ -13,64 +13,26 @@ Every teacher has an `id` (it keys the on-disk cache) and two calls:
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from distill.teachers.base import Teacher, TeacherError, at_size, load_weights
+from distill.teachers.ground_truth import GroundTruthTeacher
+from distill.teachers.sam import SamTeacher
+from distill.teachers.sam2 import Sam2Teacher
+from distill.teachers.student import StudentTeacher
 
-import numpy as np
-import torch
-
-from distill.datasets import Sample
-from distill.prompts import Click
-
-
-class TeacherError(ValueError):
-    """A teacher spec, checkpoint or input that cannot be used."""
-
-
-class Teacher(Protocol):
-    id: str
-
-    def encode(self, sample: Sample) -> Any: ...
-
-    def predict(self, encoded: Any, clicks: list[Click]) -> np.ndarray: ...
-
-
-def load_weights(model: torch.nn.Module, checkpoint: str, what: str, key: str | None = None) -> None:
-    """Load a teacher checkpoint (`weights_only=True`; the state dict, or its `key` entry) strictly into
-    `model`; a missing, unreadable or mismatching file is a one-line TeacherError."""
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise TeacherError(f"{checkpoint}: no such {what} checkpoint") from None
-    except Exception as err:  # torch raises many types for truncated or foreign files
-        raise TeacherError(f"{checkpoint}: not a readable checkpoint ({type(err).__name__})") from None
-    if key is not None and isinstance(state, dict) and key in state:
-        state = state[key]
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError) as err:
-        raise TeacherError(f"{checkpoint} does not match {what} ({str(err).splitlines()[0]}); is it another "
-                           "model?") from None
+__all__ = ["Teacher", "TeacherError", "at_size", "build_teacher", "load_weights"]
 
 
 def build_teacher(spec: str) -> Teacher:
     kind, _, rest = spec.partition(":")
     if kind == "gt" and not rest:
-        from distill.teachers.ground_truth import GroundTruthTeacher
-
         return GroundTruthTeacher()
     if kind == "sam":
-        from distill.teachers.sam import SamTeacher
-
         model_type, _, checkpoint = rest.partition(":")
         return SamTeacher.build(model_type, checkpoint or None)
     if kind == "sam2":
-        from distill.teachers.sam2 import Sam2Teacher
-
         size, _, checkpoint = rest.partition(":")
         return Sam2Teacher.build(size, checkpoint or None)
     if kind == "tracenas" and rest:
-        from distill.teachers.student import StudentTeacher
-
         return StudentTeacher(rest)
     raise TeacherError(f"unknown teacher {spec!r}; use gt, sam:vit_b|vit_l|vit_h:CHECKPOINT, sam:tiny, "
                        "sam2:tiny|small|base_plus|large:CHECKPOINT or tracenas:CHECKPOINT")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from distill.datasets import Sample
-from distill.prompts import Click
+from distill.data.datasets import Sample
+from distill.data.prompts import Click
+from search_spaces.common.errors import InvalidValueError
 
 ORACLE_LOGIT = 8.0  # sigmoid(8) = 0.9997: confident without saturating a temperature-scaled loss
 
@@ -15,7 +16,7 @@ class GroundTruthTeacher:
 
     def encode(self, sample: Sample) -> np.ndarray:
         if sample.mask is None:
-            raise ValueError(f"the ground-truth teacher needs labelled data; {sample.name} has no mask")
+            raise InvalidValueError(f"the ground-truth teacher needs labelled data; {sample.name} has no mask")
         return sample.mask
 
     def predict(self, encoded: np.ndarray, clicks: list[Click]) -> np.ndarray:

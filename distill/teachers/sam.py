@@ -10,9 +10,9 @@ from functools import partial
 import numpy as np
 import torch
 
-from distill.datasets import Sample
-from distill.prompts import Click
-from distill.teachers import TeacherError, load_weights
+from distill.data.datasets import Sample
+from distill.data.prompts import Click
+from distill.teachers.base import TeacherError, load_weights
 from distill.teachers.student import file_digest
 
 MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "tiny")

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from distill.datasets import Sample
-from distill.prompts import Click
-from distill.teachers import TeacherError, load_weights
+from distill.data.datasets import Sample
+from distill.data.prompts import Click
+from distill.teachers.base import TeacherError, load_weights
 from distill.teachers.student import file_digest
 
 CONFIGS = {"tiny": "sam2.1_hiera_t", "small": "sam2.1_hiera_s", "base_plus": "sam2.1_hiera_b+",

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.datasets import Sample
-from distill.prompts import Click
-from search_spaces.segmenter import Segmenter
+from distill.data.datasets import Sample
+from distill.data.prompts import Click
+from search_spaces.students.segmenter import Segmenter
 
 
 def file_digest(path: str | Path) -> str:

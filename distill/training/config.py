@@ -1,0 +1,181 @@
+"""Experiment configs: YAML (safe loader) -> nested frozen dataclasses, validated on load.
+
+An unknown key or a value of the wrong type is a `ConfigError` that names the key by its dotted
+path (`train.lr`); `--set train.lr=3e-4` overrides a key, its value parsed as YAML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from distill.data.prompts import TapMix
+from search_spaces.common.errors import TraceNASError
+from search_spaces.common.files import read_text
+
+
+class ConfigError(TraceNASError, ValueError):
+    """A malformed config file, an unknown key or a value of the wrong type."""
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    space: str = "tracenet_tiny"
+    arch: str = "smallest"  # smallest | largest | sample:SEED | path to an arch / best_arch.json file
+    init: str | None = None  # a student checkpoint to start from
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: str = "synthetic:64:96"  # grabcut:PATH | davis:PATH | synthetic:N[:SIZE]
+    val: str | None = None
+    limit: int | None = None  # at most this many training samples
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    tap_mix: TapMix = field(default_factory=TapMix)  # first-tap rules, validated by TapMix itself
+    max_rounds: int = 2  # corrective rounds per step, drawn uniformly in 0..max_rounds
+    click_rule: str = "center"  # center (RITM) | uniform (EdgeSAM)
+    hard_mask_weight: float = 0.0  # TinySAM's hard mask weighting strength (0: off)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    bce: float = 1.0
+    dice: float = 1.0
+    focal: float = 0.0
+    iou: float = 1.0
+    temperature: float = 1.0
+    focal_gamma: float = 2.0
+    feature: float = 0.0  # feature distillation: teacher image embedding -> student P3 through a 1x1 adapter
+    # (the engine adds the feature term: it needs the student's features)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 100
+    batch_size: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    opt: str = "adamw"  # any timm optimizer name
+    sched: str = "cosine"  # any timm scheduler name
+    warmup_steps: int = 0
+    accumulate: int = 1  # gradient accumulation steps
+    ema_decay: float = 0.0  # 0: no EMA
+    amp: bool = True  # mixed precision, used on GPU only
+    seed: int = 0
+    checkpoint_every: int = 50
+    log_every: int = 10
+    image_every: int = 50
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class SupernetConfig:
+    random_subnets: int = 2  # sandwich rule: largest + smallest + this many random subnets per step
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    student: StudentConfig = field(default_factory=StudentConfig)
+    teacher: str = "gt"
+    teacher_cache: str | None = None  # directory shared across runs; default RUN_DIR/teacher_cache
+    data: DataConfig = field(default_factory=DataConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    supernet: SupernetConfig = field(default_factory=SupernetConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ExperimentConfig:
+        config = _build(cls, data)
+        _check_values(config)
+        return config
+
+
+def _convert(value: object, hint: object, path: str) -> object:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        hint = next(h for h in options if h is not type(None))
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{path}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def _build(cls: type, data: object, path: str = "") -> object:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ConfigError(f"unknown key '{where}{unknown[0]}'; allowed: {', '.join(names)}")
+    values = {k: _convert(v, hints[k], f"{path}.{k}" if path else k) for k, v in data.items()}
+    try:
+        return cls(**values)
+    except ValueError as err:  # a dataclass that validates its own values (e.g. TapMix)
+        raise ConfigError(f"{path or 'config'}: {err}") from None
+
+
+def apply_override(data: dict, assignment: str) -> dict:
+    """`a.b=value` set into a nested dict (value parsed as YAML)."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
+    node = data
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {assignment!r}: '{part}' is not a section")
+    node[leaf] = yaml.safe_load(text)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> ExperimentConfig:
+    data: object = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(read_text(path, "config file")) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of sections")
+    for assignment in overrides:
+        apply_override(data, assignment)
+    try:
+        return ExperimentConfig.from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}" if path else str(err)) from None
+
+
+def _check_values(config: ExperimentConfig) -> None:
+    if config.prompts.click_rule not in ("center", "uniform"):
+        raise ConfigError(f"prompts.click_rule: expected center or uniform, got {config.prompts.click_rule!r}")
+    for name in ("steps", "batch_size", "accumulate", "checkpoint_every", "log_every", "image_every"):
+        if getattr(config.train, name) < 1:
+            raise ConfigError(f"train.{name}: must be at least 1")
+    if config.prompts.max_rounds < 0 or config.loss.temperature <= 0:
+        raise ConfigError("prompts.max_rounds must be >= 0 and loss.temperature > 0")

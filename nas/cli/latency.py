@@ -1,0 +1,238 @@
+"""`nas latency`: list, predict with, validate, import and calibrate latency tables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import date
+from pathlib import Path
+
+from nas import __version__
+from nas.cli.common import positive_int, read_arch
+from nas.latency.calibrate import calibrate, calibrate_archs, read_measurements, read_published, write_measurements
+from nas.latency.importers import FORMATS, check_ofa_net, import_tables
+from nas.latency.predict import predict_latency
+from nas.latency.profiling.backends import BACKENDS
+from nas.latency.setting import LatencySetting, parse_image_size
+from nas.latency.table import LatencyTable, available_targets, resolve_target
+from nas.latency.timm_keys import timm_op_keys
+from nas.latency.validate import validate
+from search_spaces.common.errors import InvalidValueError
+from search_spaces.space import ArchConfig
+from search_spaces.tracing.tracer import TracingError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "latency", help="latency tables: list, predict, validate, import, calibrate",
+        description="Per-device latency lookup tables. A target is a shipped table name (nas latency tables) "
+                    "or a path to a table .json written by 'nas profile'.")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=type(parser))
+    actions.required = True
+
+    tables = actions.add_parser("tables", help="list the shipped targets with provenance and error",
+                                description="List the latency tables that ship with TraceNAS.")
+    tables.add_argument("--json", action="store_true", help="print JSON lines")
+    tables.set_defaults(func=_tables)
+
+    predict = actions.add_parser(
+        "predict", help="sum a table over the traced op keys of an architecture",
+        description="Trace the architecture at the reference setting (a 4:3 image whose long side is the "
+                    "arch's resolution, tap at the centre, output window of half the resolution), fuse its "
+                    "ops into the units a runtime executes and sum their latencies from the table. Shapes "
+                    "between the table's measured shapes are interpolated in output area; an op "
+                    "configuration the table lacks is an error that names it.",
+        epilog="example: nas space sample --n 1 | head -1 > arch.json && nas latency predict --target T.json "
+               "--arch arch.json")
+    predict.add_argument("--target", required=True, help="shipped table name or table .json path")
+    predict.add_argument("--arch", required=True, help="architecture JSON (bare ArchConfig or a result with 'arch')")
+    predict.add_argument("--image-size", type=parse_image_size, help="network input WIDTHxHEIGHT (multiples of 32)")
+    predict.add_argument("--window", type=float, default=LatencySetting.window,
+                         help="output window side as a fraction of the resolution (default %(default)s)")
+    predict.add_argument("--full-frame", action="store_true", help="price the full forward pass (no cropping)")
+    predict.add_argument("--json", action="store_true", help="print one JSON object")
+    predict.set_defaults(func=_predict)
+
+    imp = actions.add_parser(
+        "import", help="import published Once-for-All / ProxylessNAS per-block tables",
+        description="Convert published per-block latency tables (YAML, Once-for-All or ProxylessNAS format) into "
+                    "one TraceNAS table with provenance 'imported'; several files (one per resolution) merge. "
+                    "--check-net prices Once-for-All specialised networks (folders with net.config and "
+                    "run.config, latency named as '_lat-30ms_') and reports the error against the named "
+                    "latency, or exactly which keys and which resolution the table lacks.",
+        epilog="example: nas latency import --format ofa --device note10 --out note10.json "
+               "../shared/latency_reference/ofa_note10/*_lookup_table.yaml "
+               "--check-net ../shared/latency_reference/ofa_note10/specialized/*")
+    imp.add_argument("files", nargs="+", metavar="FILE.yaml")
+    imp.add_argument("--format", required=True, choices=FORMATS)
+    imp.add_argument("--device", required=True, help="device name written into the table")
+    imp.add_argument("--out", required=True, help="table .json to write")
+    imp.add_argument("--check-net", nargs="*", default=[], metavar="NET_DIR", help="OFA network folders to price")
+    imp.add_argument("--json", action="store_true", help="print one JSON object")
+    imp.set_defaults(func=_import)
+
+    validate = actions.add_parser(
+        "validate", help="benchmark a table: predicted vs measured latency of random subnets",
+        description="Build N random subnets of the table's space, export each one's traced one-tap program "
+                    "(reference setting) to the backend, measure it end to end on this machine and compare with "
+                    "the table's prediction. Prints within_10pct (fraction within ±10 %), mape and spearman. "
+                    "A benchmark, not a test: run it on an idle machine with the table's backend and threads.")
+    validate.add_argument("--target", required=True, help="shipped table name or table .json path")
+    validate.add_argument("--backend", required=True, choices=BACKENDS)
+    validate.add_argument("--threads", type=positive_int, default=1)
+    validate.add_argument("--n", type=positive_int, default=100, help="random subnets (default 100)")
+    validate.add_argument("--seed", type=int, default=0)
+    validate.add_argument("--rounds", type=positive_int, default=3,
+                          help="interleaved timing passes over all subnets; each keeps its fastest (default 3)")
+    validate.add_argument("--space", help="space to sample (default: the table's)")
+    validate.add_argument("--json", action="store_true", help="print one JSON object with per-arch cases")
+    validate.add_argument("--measurements-out", metavar="CSV",
+                          help="also write the end-to-end measurements (arch, latency_ms) for 'nas latency calibrate'")
+    validate.set_defaults(func=_validate)
+
+    cal = actions.add_parser(
+        "calibrate", help="fit a base table to a device from a few end-to-end measurements",
+        description="For a device you cannot profile op by op: fit latency = overhead + sum over op classes "
+                    "(conv_1x1, conv_dw, conv_kxk, se, eltwise, upsample, clicks, tap_head) of scale x base-table "
+                    "latency, by non-negative least squares with a weak prior of scale 1, to end-to-end latencies "
+                    "of a handful of architectures. Prints the leave-one-out error and writes the base table "
+                    "rescaled per class, with provenance 'calibrated' and that error in its metadata.",
+        epilog="CSV columns: arch (ArchConfig JSON or a path to one), latency_ms. 'nas latency validate "
+               "--measurements-out' writes such a file for this machine.")
+    cal.add_argument("--base", required=True, help="base table (name or .json)")
+    source = cal.add_mutually_exclusive_group(required=True)
+    source.add_argument("--measurements", metavar="CSV", help="columns arch (ArchConfig JSON or path), latency_ms")
+    source.add_argument("--published", metavar="CSV",
+                        help="published end-to-end latencies of timm models (columns timm_name, input_resolution, "
+                             "latency_ms, device), e.g. ../shared/latency_reference/published_model_latency.csv")
+    cal.add_argument("--match", help="with --published: use the rows whose device contains this text")
+    cal.add_argument("--out", required=True, help="calibrated table .json to write")
+    cal.add_argument("--device", help="device name of the calibrated table (default: the output file's stem)")
+    cal.add_argument("--hardware", help="hardware the measurements ran on (default with --published: the CSV's "
+                                        "device column; otherwise left unknown)")
+    cal.add_argument("--runtime", help="runtime that measured them, e.g. executorch-xnnpack (default with "
+                                       "--published: the CSV's runtime column; otherwise left unknown)")
+    cal.add_argument("--threads", type=positive_int, help="threads of those measurements, if known")
+    cal.add_argument("--json", action="store_true", help="print one JSON object")
+    cal.set_defaults(func=_calibrate)
+
+
+def _tables(args: argparse.Namespace) -> int:
+    targets = available_targets()
+    if not targets and not args.json:
+        print("no latency tables ship yet: write one with 'nas profile' and pass its path as --target")
+    for name, path in sorted(targets.items()):
+        summary = LatencyTable.load(path).summary() | {"target": name}
+        if args.json:
+            print(json.dumps(summary))
+        else:
+            error = summary["calibration_error"]
+            print(f"{name:<28} {summary['provenance']:<10} {summary['runtime'] or '-':<20} "
+                  f"threads={summary['threads'] or '-'} entries={summary['entries']}"
+                  + (f" loo_mape={error:.1%}" if error is not None else "")
+                  + (f"\n{'':<28} {summary['notes']}" if summary["notes"] else ""))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    arch = read_arch(args.arch)
+    table = resolve_target(args.target)
+    setting = LatencySetting(image_size=args.image_size, window=None if args.full_frame else args.window)
+    result = predict_latency(arch, table, setting)
+    report = {"target": table.name, "provenance": table.provenance,
+              "calibration_error": (table.calibration or {}).get("loo_mape"),
+              "latency_ms": result.latency_ms, "keys": result.keys, "interpolated": result.interpolated,
+              "extrapolated": result.extrapolated, "per_kind_ms": result.per_kind_ms,
+              "latency_setting": setting.describe() | {"input_hw": list(setting.input_hw(arch))}}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{result.latency_ms:.3f} ms on {table.name} ({table.provenance}) for {result.keys} fused ops "
+              f"({result.interpolated} interpolated, {result.extrapolated} extrapolated in shape)")
+        for kind, ms in sorted(result.per_kind_ms.items(), key=lambda kv: -kv[1]):
+            print(f"  {kind:<10} {ms:8.3f} ms")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    table = resolve_target(args.target)
+    report = validate(table, args.backend, args.threads, args.n, args.seed, args.space, rounds=args.rounds,
+                      progress=not args.json)
+    if args.measurements_out:
+        write_measurements(args.measurements_out, [ArchConfig.from_dict(c["arch"]) for c in report["cases"]],
+                           [c["measured_ms"] for c in report["cases"]])
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{table.name} vs {args.backend} ({args.threads} threads), {args.n} random subnets of {report['space']}:")
+        print(f"  within_10pct {report['within_10pct']:.2f}   mape {report['mape']:.1%}   "
+              f"spearman {report['spearman']:.3f}")
+        if "rounds_within_10pct" in report:
+            print(f"  repeatability: {report['rounds_within_10pct']:.2f} of the subnets timed within 10% across "
+                  f"{args.rounds} rounds (widest spread {report['max_round_spread']:.0%}): how well this "
+                  "machine repeats itself now, which bounds what within_10pct can show")
+        if report["table_runtime"] and (report["table_runtime"], report["table_threads"]) != (args.backend,
+                                                                                        args.threads):
+            print(f"  note: the table was measured with {report['table_runtime']} at "
+                  f"{report['table_threads']} threads")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    table = import_tables(args.files, args.format, args.device)
+    checks = [check_ofa_net(table, net) for net in args.check_net]
+    table.save(args.out)
+    if args.json:
+        print(json.dumps({"out": args.out, "entries": len(table.entries), "checks": checks}))
+        return 0
+    print(f"{args.out}: {len(table.entries)} entries for {args.device} (imported from {len(args.files)} file(s))")
+    for check in checks:
+        if check["predicted_ms"] is not None:
+            named = f" vs {check['named_ms']:g} ms named ({check['error']:+.1%})" if check["named_ms"] else ""
+            print(f"  {check['net']}: {check['predicted_ms']:.2f} ms at {check['resolution']} px{named}")
+            continue
+        reason = (f"resolution {check['resolution']} px is not in the table (has {check['table_resolutions']}); "
+                  if check["resolution_missing"] else "")
+        print(f"  {check['net']}: cannot price: {reason}{len(check['missing_keys'])} missing key(s):")
+        for key in check["missing_keys"]:
+            print(f"    {key}")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    base = resolve_target(args.base)
+    if args.published:
+        if not args.match:
+            raise InvalidValueError("--published needs --match DEVICE_TEXT (e.g. 'iPhone 13')")
+        key_lists, used = [], []
+        for row in read_published(args.published, args.match):
+            try:
+                key_lists.append(timm_op_keys(row.timm_name, row.resolution))
+            except TracingError as err:  # attention / global mixing: no fused-op decomposition yet
+                print(f"  skipped {row.timm_name}: {str(err).splitlines()[0][:100]}")
+                continue
+            used.append(row)
+        calibration = calibrate(base, key_lists, [row.latency_ms for row in used])
+        hardware = args.hardware or "; ".join(sorted({row.device for row in used}))
+        runtime = args.runtime or "; ".join(sorted({row.runtime for row in used if row.runtime})) or None
+    else:
+        archs, measured = read_measurements(args.measurements)
+        calibration = calibrate_archs(base, archs, measured)
+        hardware, runtime = args.hardware, args.runtime
+    name = args.device or Path(args.out).stem
+    # the device the measurements came from, not the base's machine (that stays in calibration.base)
+    device = {"name": name, "hardware": hardware, "runtime": runtime, "threads": args.threads,
+              "date": date.today().isoformat(), "tool_version": __version__}
+    table = calibration.apply(base, device)
+    table.save(args.out)
+    loo = calibration.loo
+    if args.json:
+        print(json.dumps({"out": args.out, "scales": calibration.scales, "overhead_ms": calibration.overhead_ms,
+                          "loo": loo}))
+        return 0
+    print(f"{args.out}: {name} calibrated on {base.name} from {loo['n']} measurements")
+    print(f"  leave-one-out: mape {loo['mape']:.1%}, within_10pct {loo['within_10pct']:.2f}, "
+          f"spearman {loo['spearman']:.3f}")
+    print(f"  model: {calibration.model}; scales: " + ", ".join(f"{c}={s:.3g}" for c, s in calibration.scales.items())
+          + f"; overhead {calibration.overhead_ms:.3f} ms; other classes x{calibration.default_scale:.3g}")
+    return 0

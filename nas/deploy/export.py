@@ -1,0 +1,108 @@
+"""Export a student to a phone runtime as its static one-tap program (`TracedTap`), with a parity check.
+
+The program is frozen to one setting, the same reference setting latencies are quoted for
+(`LatencySetting`: by default a 4:3 image whose long side is the resolution, the tap at the image
+centre, an output window of half the resolution). Its inputs are the image cropped to the traced
+input region (1, 3, h, w), normalised as `Segmenter` does, and a fixed number of click rows
+(1, N, 3) `[x, y, label]` in full-image pixels, the tap first and unused rows labelled -1; its
+outputs are the window's mask logits (1, 1, cells_h, cells_w) at stride 8 and the IoU logit.
+`export.json` beside the file records all of it, with the parity against PyTorch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from nas.latency.profiling.backends import export_coreml, export_executorch, export_onnx, onnx_feeds, package_version
+from nas.latency.setting import REFERENCE_SETTING, LatencySetting
+from search_spaces.common.errors import InvalidValueError
+from search_spaces.common.files import atomic_write
+from search_spaces.students.student import MASK_STRIDE, TraceNetStudent
+from search_spaces.students.traced_tap import TracedTap
+
+FORMATS = {"onnx": "model.onnx", "executorch": "model.pte", "coreml": "model.mlpackage", "torchscript": "model.pt"}
+
+
+def _max_diff(reference: tuple[torch.Tensor, ...], outputs: list) -> float:
+    return max(float((r - torch.as_tensor(o).reshape(r.shape)).abs().max()) for r, o in zip(reference, outputs,
+                                                                                             strict=True))
+
+
+def export_student(model: TraceNetStudent, fmt: str, out_dir: str | Path, setting: LatencySetting = REFERENCE_SETTING,
+                   clicks: int = 4) -> dict:
+    """Write `out_dir/FORMATS[fmt]` and `out_dir/export.json`; returns the latter's content."""
+    if fmt not in FORMATS:
+        raise InvalidValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if clicks < 1:
+        raise InvalidValueError(f"an exported program takes at least one click (the tap), got {clicks}")
+    arch = model.arch
+    image_hw, tap_xy = setting.input_hw(arch), setting.tap_xy(arch)
+    program = TracedTap(model.eval(), image_hw, tap_xy, setting.window_px(arch)).eval()
+    image_crop, click_rows = program.example_inputs(clicks)
+    click_rows[0, 1:, 2] = -1.0  # unused rows are padding
+    inputs = (image_crop, click_rows)
+    with torch.no_grad():
+        reference = program(*inputs)
+    out = Path(out_dir)
+    path = out / FORMATS[fmt]
+    parity, runtime = None, None
+    if fmt == "onnx":
+        data = export_onnx(program, inputs)
+        atomic_write(path, lambda f: f.write(data))
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+        parity = _max_diff(reference, session.run(None, onnx_feeds(session, inputs)))
+        runtime = f"onnxruntime {onnxruntime.__version__}"
+    elif fmt == "executorch":
+        data = export_executorch(program, inputs)
+        atomic_write(path, lambda f: f.write(data))
+        from executorch.runtime import Runtime
+
+        method = Runtime.get().load_program(data).load_method("forward")
+        parity, runtime = _max_diff(reference, method.execute(list(inputs))), \
+            f"executorch {package_version('executorch')} (XNNPACK)"
+    elif fmt == "torchscript":
+        with torch.no_grad():
+            scripted = torch.jit.trace(program, inputs)
+        buffer = io.BytesIO()
+        torch.jit.save(scripted, buffer)
+        atomic_write(path, lambda f: f.write(buffer.getvalue()))
+        loaded = torch.jit.load(io.BytesIO(buffer.getvalue()))
+        with torch.no_grad():
+            parity, runtime = _max_diff(reference, list(loaded(*inputs))), f"torch {torch.__version__}"
+    else:
+        mlmodel = export_coreml(program, inputs)
+        with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
+            mlmodel.save(str(Path(tmp) / path.name))
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(path, ignore_errors=True)
+            shutil.move(str(Path(tmp) / path.name), path)
+        runtime = f"coremltools {package_version('coremltools')}"
+        if sys.platform == "darwin":
+            names = [i.name for i in mlmodel.get_spec().description.input]
+            result = mlmodel.predict({n: t.numpy() for n, t in zip(names, inputs, strict=True)})
+            parity = _max_diff(reference, list(result.values()))
+    box, cells = program.input_box, program.cells
+    info = {
+        "format": fmt, "file": path.name, "arch": arch.to_dict(), "runtime": runtime,
+        "parity_max_abs_diff": parity,
+        "parity": "checked against PyTorch" if parity is not None else "not run: Core ML prediction needs macOS",
+        "setting": setting.describe() | {"image_hw": list(image_hw), "tap_xy": list(tap_xy)},
+        "inputs": {"image_crop": {"shape": list(image_crop.shape), "box_yx": [box.y0, box.y1, box.x0, box.x1],
+                                  "normalisation": "ImageNet mean/std on 0..1 RGB, as Segmenter"},
+                   "clicks": {"shape": list(click_rows.shape), "rows": "[x, y, label] in full-image pixels; label 1 "
+                                                                      "positive, 0 negative, -1 unused; tap first"}},
+        "outputs": {"mask_logits": {"shape": list(reference[0].shape), "stride": MASK_STRIDE,
+                                    "cells_yx": [cells.y0, cells.y1, cells.x0, cells.x1]},
+                    "iou_logit": {"shape": list(reference[1].shape)}},
+    }
+    atomic_write(out / "export.json", lambda f: f.write(json.dumps(info, indent=1).encode()))
+    return info

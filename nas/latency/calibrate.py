@@ -1,0 +1,192 @@
+"""Calibrate a base table to a device from a handful of end-to-end measurements (HELP-style few-shot
+adaptation, with a per-op-class linear model instead of a meta-learned one).
+
+Model: latency(arch) = overhead + sum over op classes c of scale_c * (base-table latency of the
+arch's ops in class c), or one global scale for all classes. Fitted by non-negative least squares
+with a prior pulling every scale towards 1. Op classes are strongly collinear across architectures,
+so the model (per-class or global) and the prior's weight are chosen by leave-one-out error, and a
+per-class fit that prices any class at zero is rejected (it cannot hold for other networks). Classes
+the measurements never exercise (e.g. the tap head when calibrating on classification networks)
+take the overall scale: measured / base latency summed over the fit set. The calibrated table is
+the base table with every entry multiplied by its class
+scale, plus the overhead, with provenance 'calibrated' and its leave-one-out error.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from scipy.optimize import nnls
+
+from nas.latency.op_keys import OpKey
+from nas.latency.op_kinds import OP_KINDS
+from nas.latency.predict import setting_op_keys
+from nas.latency.setting import REFERENCE_SETTING, LatencySetting
+from nas.latency.table import Entry, LatencyTable
+from nas.latency.validate import accuracy
+from search_spaces.common.errors import TraceNASError
+from search_spaces.common.files import read_text
+from search_spaces.space import ArchConfig
+
+PRIOR_WEIGHTS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # candidate weights of the scale -> 1 prior
+FREE_SCALE = 0.01  # a per-class scale below 1% of the largest one prices its class as free
+
+
+class CalibrationError(TraceNASError, ValueError):
+    """Unusable measurements (too few, malformed CSV, non-positive latencies)."""
+
+
+def op_class(key: OpKey) -> str:
+    """Coarse op class whose latency ratio between two devices is assumed constant (its kind's calibration
+    class; a kind TraceNAS does not build, such as an imported table's block, is its own class)."""
+    kind = OP_KINDS.get(key.kind)
+    return kind.calibration_class_of(key) if kind else key.kind
+
+
+@dataclass(frozen=True)
+class Calibration:
+    scales: dict[str, float]
+    overhead_ms: float
+    loo: dict  # within_10pct, mape, spearman of leave-one-out predictions
+    prior_weight: float
+    model: str  # "per-class" or "global"
+    default_scale: float  # for op classes the fit did not see
+
+    def apply(self, base: LatencyTable, device: dict) -> LatencyTable:
+        table = LatencyTable(device=device, provenance="calibrated", space=base.space,
+                             overhead_ms=base.overhead_ms + self.overhead_ms,
+                             calibration={"base": base.name, "base_provenance": base.provenance,
+                                          "method": f"{self.model} NNLS scales + overhead",
+                                          "default_scale": self.default_scale,
+                                          "scales": self.scales, "overhead_ms": self.overhead_ms,
+                                          "loo_mape": self.loo["mape"], "loo_within_10pct": self.loo["within_10pct"],
+                                          "loo_spearman": self.loo["spearman"], "n": self.loo["n"],
+                                          "prior_weight": self.prior_weight},
+                             notes=f"calibrated from {self.loo['n']} end-to-end measurements on top of {base.name}")
+        for key, entry in base.entries.items():
+            s = self.scales.get(op_class(OpKey.parse(key)), self.default_scale)
+            table.add(key, Entry(count=entry.count, mean=entry.mean * s, median=entry.median * s,
+                                 p90=entry.p90 * s, std=entry.std * s))
+        return table
+
+
+def class_features(base: LatencyTable, key_lists: Sequence[Sequence[OpKey]], classes: list[str]) -> np.ndarray:
+    """(n_archs, n_classes) base-table latency per class of each architecture."""
+    features = np.zeros((len(key_lists), len(classes)))
+    for i, keys in enumerate(key_lists):
+        for key in keys:
+            features[i, classes.index(op_class(key))] += base.latency(key)[0]
+    return features
+
+
+def _fit(features: np.ndarray, measured: np.ndarray, weight: float) -> tuple[np.ndarray, float]:
+    n, k = features.shape
+    prior = np.sqrt(weight * n) * np.mean(features, axis=0).clip(min=1e-9)
+    design = np.vstack([np.hstack([features, np.ones((n, 1))]), np.hstack([np.diag(prior), np.zeros((k, 1))])])
+    target = np.concatenate([measured, prior])
+    solution, _ = nnls(design, target)
+    return solution[:k], float(solution[k])
+
+
+def calibrate(base: LatencyTable, key_lists: Sequence[Sequence[OpKey]], measured_ms: Sequence[float]) -> Calibration:
+    """Fit class scales and overhead to end-to-end latencies; leave-one-out error over the same points."""
+    measured = np.asarray(measured_ms, dtype=float)
+    if len(measured) < 3:
+        raise CalibrationError(f"need at least 3 end-to-end measurements, got {len(measured)}")
+    if np.any(measured <= 0) or not np.all(np.isfinite(measured)):
+        raise CalibrationError("measured latencies must be positive numbers")
+    base_missing = sorted({m for keys in key_lists for m in base.missing(keys)})
+    if base_missing:
+        raise CalibrationError(f"the base table '{base.name}' lacks {len(base_missing)} op configuration(s), "
+                               f"e.g. {base_missing[0]}")
+    classes = sorted({op_class(k) for keys in key_lists for k in keys})
+    features = class_features(base, key_lists, classes)
+    candidates = {"per-class": features, "global": features.sum(axis=1, keepdims=True)}
+    best = None
+    for model, x in candidates.items():
+        for weight in PRIOR_WEIGHTS:
+            scales = _fit(x, measured, weight)[0]
+            if model == "per-class" and scales.min() < FREE_SCALE * scales.max():
+                continue  # a class priced as (nearly) free: fits these networks, extrapolates badly to others
+            loo = []
+            for i in range(len(measured)):
+                keep = np.arange(len(measured)) != i
+                scales, overhead = _fit(x[keep], measured[keep], weight)
+                loo.append(float(x[i] @ scales + overhead))
+            score = accuracy(loo, list(measured))
+            if best is None or score["mape"] < best[2]["mape"]:
+                best = (model, weight, score)
+    model, weight, score = best
+    scales, overhead = _fit(candidates[model], measured, weight)
+    fitted = dict(zip(classes, map(float, scales), strict=True)) if model == "per-class" else \
+        dict.fromkeys(classes, float(scales[0]))
+    default = float(measured.sum() / features.sum()) if model == "per-class" else float(scales[0])
+    return Calibration(fitted, overhead, score | {"n": len(measured)}, weight, model, default)
+
+
+def read_measurements(path: str | Path) -> tuple[list[ArchConfig], list[float]]:
+    """CSV with columns `arch` (an ArchConfig JSON, or a path to one) and `latency_ms`."""
+    path = Path(path)
+    rows = list(csv.DictReader(read_text(path, "measurements file").splitlines()))
+    if not rows or not {"arch", "latency_ms"} <= set(rows[0]):
+        raise CalibrationError(f"{path}: needs a header with columns 'arch' and 'latency_ms'")
+    archs, latencies = [], []
+    for line, row in enumerate(rows, start=2):
+        text = row["arch"].strip()
+        try:
+            arch_json = text if text.startswith("{") else read_text(path.parent / text, "architecture file")
+            archs.append(ArchConfig.from_json(arch_json))
+            latencies.append(float(row["latency_ms"]))
+        except (OSError, ValueError) as err:
+            raise CalibrationError(f"{path}:{line}: {err}") from None
+    return archs, latencies
+
+
+class PublishedLatency(NamedTuple):
+    timm_name: str
+    resolution: int
+    latency_ms: float
+    device: str
+    runtime: str
+    source: str
+
+
+def read_published(path: str | Path, match: str) -> list[PublishedLatency]:
+    """Rows of a published-latency CSV whose device contains `match` (case-insensitive) and that name
+    a timm model."""
+    path = Path(path)
+    rows = list(csv.DictReader(read_text(path, "published-latency file").splitlines()))
+    needed = {"timm_name", "input_resolution", "latency_ms", "device"}
+    if not rows or not needed <= set(rows[0]):
+        raise CalibrationError(f"{path}: needs columns {sorted(needed)}")
+    picked = []
+    for line, row in enumerate(rows, start=2):
+        if match.lower() in row["device"].lower() and row["timm_name"].strip():
+            try:
+                picked.append(PublishedLatency(row["timm_name"].strip(), int(row["input_resolution"]),
+                                               float(row["latency_ms"]), row["device"].strip(),
+                                               (row.get("runtime") or "").strip(), row.get("source", "")))
+            except ValueError as err:
+                raise CalibrationError(f"{path}:{line}: {err}") from None
+    if not picked:
+        raise CalibrationError(f"{path}: no row with a timm model on a device matching {match!r}")
+    return picked
+
+
+def write_measurements(path: str | Path, archs: Sequence[ArchConfig], latencies: Sequence[float]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["arch", "latency_ms"])
+        for arch, ms in zip(archs, latencies, strict=True):
+            writer.writerow([json.dumps(arch.to_dict()), f"{ms:.6f}"])
+
+
+def calibrate_archs(base: LatencyTable, archs: Sequence[ArchConfig], measured_ms: Sequence[float],
+                    setting: LatencySetting = REFERENCE_SETTING) -> Calibration:
+    return calibrate(base, [setting_op_keys(a, setting) for a in archs], measured_ms)

@@ -1,0 +1,197 @@
+"""Device profiling: measure every op configuration of a space at a ladder of shapes into a table.
+
+Enumeration: a covering set of architectures (every width x every (kernel, expand, SE) at every
+block position, every FPN/mask/head combination) is traced full-frame at the space's largest
+resolution; each distinct op configuration is then measured at the square shapes of
+`shape_ladder(largest side it reaches)`. Cropped shapes (from tracing) and other resolutions fall
+between ladder shapes and are priced by the table's area interpolation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from datetime import date
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from nas import __version__
+from nas.latency.op_keys import OpKey, arch_op_keys
+from nas.latency.op_kinds import op_kind, op_module
+from nas.latency.profiling.backends import Backend, get_backend
+from nas.latency.table import Entry, LatencyTable, LatencyTableError, shape_ladder
+from search_spaces.space import ArchConfig, get_space
+
+SAVE_EVERY_S = 5.0
+# ---------------------------------------------------------------- enumeration
+def covering_archs(space: str) -> list[ArchConfig]:
+    """Architectures in which every per-layer choice appears at every block position at least once,
+    for every width, and every FPN/mask/head combination at least once."""
+    spec = get_space(space)
+    block_choices = list(itertools.product(spec.kernels, spec.expands, spec.se))
+    head_choices = list(itertools.product(spec.dyn_layers, spec.mask_channels, spec.fpn_channels))
+    n, depth = len(spec.stages), spec.max_depth
+    per_width = max(len(block_choices), math.ceil(len(head_choices) / len(spec.width_mults)))
+    archs = []
+    for w, width in enumerate(spec.width_mults):
+        for i in range(per_width):
+            k, e, se = block_choices[i % len(block_choices)]
+            layers, mask, fpn = head_choices[(w * per_width + i) % len(head_choices)]
+            archs.append(ArchConfig(space=spec.name, resolution=spec.resolutions[-1], width_mult=width,
+                                    depths=(depth,) * n, kernels=((k,) * depth,) * n, expands=((e,) * depth,) * n,
+                                    se=(se,) * n, fpn_channels=fpn, mask_channels=mask, dyn_layers=layers))
+    return archs
+
+
+def profile_keys(space: str) -> list[OpKey]:
+    """Every op configuration of `space`, each at the square shapes of its ladder."""
+    largest_side: dict[str, tuple[OpKey, int]] = {}
+    r = get_space(space).resolutions[-1]
+    for arch in covering_archs(space):
+        for key in arch_op_keys(arch, (r, r), (r / 2, r / 2), None):
+            side = max(key.out_hw)
+            if key.config not in largest_side or side > largest_side[key.config][1]:
+                largest_side[key.config] = (key, side)
+    keys = []
+    for key, side in largest_side.values():
+        keys += [OpKey(key.kind, key.attrs, (s, s)) for s in shape_ladder(side)]
+    return sorted(keys, key=str)
+
+
+# ---------------------------------------------------------------- timing
+def measure(run: Callable[[], object], warmup: int = 5, min_runs: int = 10, max_runs: int = 200,
+            max_seconds: float = 2.0, rel_tol: float = 0.02) -> Entry:
+    """Time `run` in chunks of 10 until the median moves < `rel_tol` between chunks (or a cap is hit),
+    then drop outliers outside Tukey's fences (1.5 IQR) and summarise in milliseconds."""
+    for _ in range(warmup):
+        run()
+    samples: list[float] = []
+    previous, start = None, time.perf_counter()
+    while len(samples) < max_runs:
+        for _ in range(10):
+            t0 = time.perf_counter()
+            run()
+            samples.append((time.perf_counter() - t0) * 1e3)
+        median = statistics.median(samples)
+        if len(samples) >= min_runs and previous is not None and abs(median - previous) <= rel_tol * previous:
+            break
+        if time.perf_counter() - start > max_seconds:
+            break
+        previous = median
+    return summarize(samples)
+
+
+def summarize(samples: list[float]) -> Entry:
+    """Count, mean, median, p90 and std (ms) of `samples` after dropping outliers outside Tukey's fences
+    (from 4 samples on: quartiles of fewer are not meaningful)."""
+    kept = sorted(samples)
+    if len(kept) >= 4:
+        q1, _, q3 = statistics.quantiles(kept, n=4)
+        kept = [t for t in kept if q1 - 1.5 * (q3 - q1) <= t <= q3 + 1.5 * (q3 - q1)]
+    return Entry(count=len(kept), mean=statistics.fmean(kept), median=statistics.median(kept),
+                 p90=kept[min(len(kept) - 1, math.ceil(0.9 * len(kept)) - 1)],
+                 std=statistics.pstdev(kept))
+
+
+def measure_unit(runtime: Backend, key: OpKey) -> Entry:
+    """The unit `key` exported alone at its exact shape, in a program of its own, and timed."""
+    module, inputs = op_module(key)
+    return measure(runtime.prepare(module, inputs))
+
+
+# ---------------------------------------------------------------- profiling a device
+def host_hardware() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads visible)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_metadata(name: str, backend: str, threads: int, runtime_version: str) -> dict:
+    return {"name": name, "hardware": host_hardware(), "os": platform.platform(), "runtime": backend,
+            "runtime_version": runtime_version, "threads": threads, "dtype": "float32",
+            "date": date.today().isoformat(), "tool_version": __version__}
+
+
+def open_table(path: Path, device: dict, space: str | None) -> LatencyTable:
+    """The table at `path` to resume (it must be for the same device, runtime and threads), or a new one."""
+    if not path.exists():
+        return LatencyTable(device=device, provenance="measured", space=space)
+    table = LatencyTable.load(path)
+    for field in ("name", "runtime", "threads"):
+        if table.device.get(field) != device[field]:
+            raise LatencyTableError(f"{path}: exists for {field}={table.device.get(field)!r}, not "
+                                    f"{device[field]!r}; choose another --out to profile a different setup")
+    return table
+
+
+def profile(keys: Iterable[OpKey], out: str | Path, device: str, backend: str, threads: int,
+            space: str | None = None, progress: bool = True, recheck_above_ms: float | None = None,
+            **measure_options: float) -> LatencyTable:
+    """Measure every key missing from the table at `out`, saving as it goes (a rerun resumes).
+
+    `recheck_above_ms`: then time the keys whose median exceeds it once more and keep the faster
+    median. A slow phase of a shared VM (or a throttled phone) lasts seconds to minutes and inflates
+    whole measurements, and the largest units dominate every prediction; an interrupted recheck
+    keeps what it saved, and rerunning only lowers entries further."""
+    runtime = get_backend(backend, threads)
+    out = Path(out)
+    table = open_table(out, device_metadata(device, backend, threads, runtime.runtime_version), space)
+    keys = list(dict.fromkeys(keys))
+    todo = [k for k in keys if str(k) not in table.entries]
+    _measure_into(table, todo, runtime, out, f"profile {device} ({backend}, {threads}t)", progress,
+                  measure_options, keep_faster=False)
+    if recheck_above_ms is not None:
+        slow = [k for k in keys if table.entries[str(k)].median > recheck_above_ms]
+        _measure_into(table, slow, runtime, out, f"recheck > {recheck_above_ms:g} ms", progress,
+                      measure_options, keep_faster=True)
+    table.save(out)
+    return table
+
+
+def _measure_into(table: LatencyTable, keys: list[OpKey], runtime: Backend, out: Path, desc: str, progress: bool,
+                  measure_options: dict, keep_faster: bool) -> None:
+    """Measure `keys` into `table` (with `keep_faster`, replacing an entry only by a faster median)."""
+    last_save = time.monotonic()
+    bar = tqdm(total=len(keys), desc=desc, unit="op", disable=not progress)
+    for group in _lowering_groups(keys, shared=hasattr(runtime, "prepare_shapes")):
+        module, _ = op_module(group[0])
+        inputs = [op_module(key)[1] for key in group]
+        try:
+            runs = runtime.prepare_shapes(module, inputs) if len(group) > 1 else [runtime.prepare(module, inputs[0])]
+        except Exception:  # noqa: BLE001 - export's guards reject some dynamic ranges: lower shape by shape
+            runs = [runtime.prepare(op_module(key)[0], key_inputs) for key, key_inputs in zip(group, inputs,
+                                                                                             strict=True)]
+        for key, run in zip(group, runs, strict=True):
+            entry = measure(run, **measure_options)
+            previous = table.entries.get(str(key))
+            if not (keep_faster and previous is not None and previous.median <= entry.median):
+                table.add(str(key), entry)
+            bar.update()
+        if time.monotonic() - last_save > SAVE_EVERY_S:
+            table.save(out)
+            last_save = time.monotonic()
+    bar.close()
+
+
+def _lowering_groups(keys: list[OpKey], shared: bool) -> list[list[OpKey]]:
+    """Keys that can share one program: same configuration and a shape-independent module, with output
+    sides in 2..7 or >= 8 (export specialises sizes 0 and 1, and its guards differ between tiny and
+    large maps). Without a shared-program backend, one key per group."""
+    groups: dict[tuple[str, bool], list[OpKey]] = {}
+    singles = []
+    for key in keys:
+        if shared and op_kind(key).shape_free and min(key.out_hw) >= 2:
+            groups.setdefault((key.config, min(key.out_hw) >= 8), []).append(key)
+        else:
+            singles.append([key])
+    return list(groups.values()) + singles
