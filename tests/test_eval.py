@@ -1,8 +1,11 @@
 import json
+import math
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from scipy.ndimage import distance_transform_edt
 
 from distill.data.datasets import Sample
 from nas.cli.main import main
@@ -64,6 +67,72 @@ def test_ignored_band_does_not_count():
     band = _rect(20, 20, 4, 16, 4, 16) & ~target
     grown = Scripted(lambda s, c: target | band)
     assert noc_protocol(grown, [_sample(target, band)], max_clicks=3, progress=False).summary()["miou_at_1"] == 1.0
+
+
+def test_an_equal_depth_tie_between_the_error_regions_is_a_negative_click():
+    target = _rect(20, 30, 2, 7, 2, 7)  # 5 x 5: depth 3 at its centre (row 4, column 4)
+    wrong = _rect(20, 30, 2, 7, 20, 25)  # a 5 x 5 false positive, just as deep (centre row 4, column 22)
+    predictor = Scripted(lambda s, c: wrong)
+    noc_protocol(predictor, [_sample(target)], max_clicks=2, progress=False)
+    assert predictor.seen[0] == [(4.0, 4.0, True)]
+    assert predictor.seen[1][1] == (22.0, 4.0, False)  # RITM: positive only when strictly deeper
+
+
+def test_a_clicked_pixel_is_never_clicked_again():
+    target = _rect(30, 30, 5, 26, 5, 26)  # 21 x 21: one deepest pixel, (15, 15)
+    stubborn = Scripted(lambda s, c: np.zeros_like(s.mask))  # leaves every clicked pixel wrong
+    noc_protocol(stubborn, [_sample(target)], max_clicks=4, progress=False)
+    clicks = stubborn.seen[-1]
+    assert clicks[0] == (15.0, 15.0, True) and len(set(clicks)) == 4  # no click repeats
+    depth = distance_transform_edt(np.pad(target, 1))[1:-1, 1:-1]
+    depth[15, 15] = 0  # the next is the deepest pixel not yet clicked, the first in raster order
+    y, x = np.unravel_index(np.argmax(depth), depth.shape)
+    assert clicks[1] == (float(x), float(y), True)
+
+
+def test_foreground_is_ritms_float32_sigmoid_above_0_49():
+    from nas.evaluation.clicker import foreground
+
+    # float32 logits just above log(0.49 / 0.51): foreground by a logit threshold, background by RITM's sigmoid
+    start = np.float32(math.log(0.49 / 0.51))
+    edge = [v for v in (np.nextafter(start, np.float32(-1)) + np.float32(k) * np.float32(1e-9) for k in range(60))
+            if v > math.log(0.49 / 0.51)]
+    ritm = [bool(torch.sigmoid(torch.tensor([v], dtype=torch.float32)).item() > np.float32(0.49)) for v in edge]
+    assert not all(ritm), "no float32 logit where the two rules differ"
+    logits = np.array([edge], dtype=np.float32)
+    assert foreground(logits)[0].tolist() == ritm
+
+
+def test_with_no_error_left_the_next_click_is_negative_at_the_origin_and_is_evaluated():
+    target = _rect(20, 20, 5, 15, 5, 15)
+    half = _rect(20, 20, 5, 15, 5, 10)
+    predictor = Scripted(lambda s, c: s.mask if len(c) == 1 else half)  # perfect, then worse with more clicks
+    result = noc_protocol(predictor, [_sample(target)], max_clicks=3, progress=False)
+    assert predictor.seen[1][1] == (0.0, 0.0, False)  # RITM keeps clicking
+    assert result.ious[0].tolist() == [1.0, 0.5, pytest.approx(0.5)]
+    assert result.noc(0.9)[0] == 1
+
+
+def test_an_object_wholly_in_the_ignored_band_has_no_iou_and_never_reaches_a_threshold():
+    band = _rect(20, 20, 5, 15, 5, 15)
+    empty = np.zeros((20, 20), bool)
+    result = noc_protocol(Scripted(lambda s, c: band), [_sample(empty, band), _sample(_rect(20, 20, 2, 8, 2, 8))],
+                          max_clicks=4, progress=False)
+    assert np.isnan(result.ious[0]).all() and result.noc(0.85)[0] == 4  # RITM: 0 / 0, NoC = max clicks
+    summary = result.summary()
+    assert summary["nan_objects"] == 1 and summary["miou_at_1"] == pytest.approx(result.ious[1, 0])
+
+
+def test_benchmark_masks_decode_as_ritm_reads_them():
+    from distill.data.datasets import decode_mask
+
+    grey = np.array([[0, 1, 100, 128, 129, 255]], np.uint8)
+    obj, ignore = decode_mask("grabcut", np.repeat(grey[..., None], 3, axis=2))
+    assert obj.tolist() == [[False, True, False, False, True, True]]  # 100 is background, only 128 is ignored
+    assert ignore.tolist() == [[False, False, False, True, False, False]]
+    colour = np.array([[[0, 0, 0], [0, 0, 1], [1, 0, 0], [0, 3, 0]]], np.uint8)  # blue 1 is dark grey 0
+    obj, ignore = decode_mask("davis", colour)
+    assert obj.tolist() == [[False, True, True, True]] and ignore is None
 
 
 def test_mta_and_miou_t_on_a_case_with_a_known_answer():

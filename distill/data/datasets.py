@@ -51,11 +51,16 @@ def _read_rgb(path: Path) -> np.ndarray:
         return np.array(im.convert("RGB"))
 
 
-def _read_gray(path: Path) -> np.ndarray:
-    from PIL import Image
+def decode_mask(kind: str, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """RITM's decoding of a benchmark mask (H, W, 3 RGB) into (object, ignored pixels).
 
-    with Image.open(path) as im:
-        return np.array(im.convert("L"))
+    GrabCut (`GrabCutDataset`): the first channel read by OpenCV (blue), 128 is the ignored band,
+    values above 128 are the object, and a value of 1 is kept as the object label too. DAVIS
+    (`DavisDataset`): the object is every pixel whose largest channel is above 0."""
+    if kind == "grabcut":
+        value = raw[..., 2]
+        return (value > 128) | (value == 1), value == 128
+    return raw.max(axis=2) > 0, None
 
 
 class FolderDataset:
@@ -81,17 +86,14 @@ class FolderDataset:
     def __iter__(self) -> Iterator[Sample]:
         for image_path, mask_path in self.pairs:
             try:
-                image, raw = _read_rgb(image_path), _read_gray(mask_path)
-                if image.shape[:2] != raw.shape:
-                    raise DatasetError(f"mask {raw.shape} and image {image.shape[:2]} differ in size")
+                image, raw = _read_rgb(image_path), _read_rgb(mask_path)  # as cv2.imread: palette and grey made colour
+                if image.shape[:2] != raw.shape[:2]:
+                    raise DatasetError(f"mask {raw.shape[:2]} and image {image.shape[:2]} differ in size")
             except (OSError, ValueError) as err:
                 self.skipped += 1
                 _skip(image_path.name, err, self.skipped)
                 continue
-            if self.kind == "grabcut":
-                yield Sample(image_path.stem, image, raw > 192, (raw > 64) & (raw < 192))
-            else:
-                yield Sample(image_path.stem, image, raw > 0)
+            yield Sample(image_path.stem, image, *decode_mask(self.kind, raw))
 
 
 def _skip(name: str, err: Exception, count: int) -> None:

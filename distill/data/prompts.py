@@ -89,8 +89,10 @@ def error_click(pred: np.ndarray, target: np.ndarray, rng: np.random.Generator |
                 rule: str = "center", ignore: np.ndarray | None = None) -> Click | None:
     """Next corrective click, or None when the prediction has no error.
 
-    `center` (RITM): depth of each error region by `boundary_distance`; the click goes to the deepest
-    point of the deeper region, positive when that is a false negative. `uniform` (EdgeSAM): the
+    `center` (RITM's placement): depth of each error region by `boundary_distance`; the click goes to
+    the deepest point of the deeper region, positive when that is a false negative (a tie too). This is
+    the training sampler's rule; evaluation uses RITM's own clicker (`nas.evaluation.clicker`), which
+    breaks ties negative and never clicks a pixel twice. `uniform` (EdgeSAM): the
     region is drawn with probability proportional to its area, the point uniformly inside it."""
     valid = ~ignore if ignore is not None else np.ones_like(target, dtype=bool)
     false_neg, false_pos = target & ~pred & valid, pred & ~target & valid

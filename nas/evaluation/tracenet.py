@@ -18,7 +18,7 @@ from tqdm import tqdm
 from distill.data.datasets import Sample
 from distill.data.prompts import boundary_distance
 from distill.data.tap_metrics import instance_taps, mask_iou
-from nas.evaluation.noc import LOGIT_THRESHOLD
+from nas.evaluation.clicker import foreground
 from nas.evaluation.predictors import Predictor
 
 TAP_IOU_THRESHOLD = 0.85
@@ -50,7 +50,7 @@ def tracenet_protocol(predictor: Predictor, samples: list[Sample], taps: int = 1
         depth = boundary_distance(sample.mask)
         row_iou, row_depth = [], []
         for x, y in instance_taps(sample.mask, taps, np.random.default_rng([seed, i])):
-            pred = predictor.logits(state, [(x, y, True)]) > LOGIT_THRESHOLD
+            pred = foreground(predictor.logits(state, [(x, y, True)]))
             row_iou.append(mask_iou(pred, sample.mask, sample.ignore))
             row_depth.append(depth[int(y), int(x)] / depth.max())
         names.append(sample.name)
