@@ -1,9 +1,11 @@
 import io
 import json
 import shutil
+import socket
 import threading
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -84,3 +86,60 @@ def test_page_in_headless_chromium(server, tmp_path):
         page.click("#undo")
         page.wait_for_selector("body[data-ready='1']")
         browser.close()
+
+
+def _raw(server, request: bytes) -> bytes:
+    """A hand-written HTTP request on a fresh connection, and the first line of the answer."""
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(request)
+        return conn.recv(65536).split(b"\r\n", 1)[0]
+
+
+def test_malformed_requests_get_one_line_answers_and_bodies_are_bounded(server):
+    assert b" 400 " in _raw(server, b"POST /predict HTTP/1.1\r\nContent-Length: -1\r\n\r\n" + b"x" * 1000)
+    assert b" 400 " in _raw(server, b"POST /predict HTTP/1.1\r\nContent-Length: abc\r\n\r\n{}")
+    assert b" 411 " in _raw(server, b"POST /predict HTTP/1.1\r\n\r\n")
+    assert b" 413 " in _raw(server, b"POST /upload HTTP/1.1\r\nContent-Length: 999999999999\r\n\r\n")
+    for body, needle in ((b"[" * 100_000, "nested deeper"),
+                         (json.dumps({"image": "astronaut", "clicks": [[10, 10, True]] * 65}).encode(), "at most 64"),
+                         (b'{"image": "astronaut", "clicks": [[1e999, 1, true]]}', "out of range")):
+        status, result = _post(f"{server}/predict", body)
+        assert status == 400 and needle in result["error"] and "\n" not in result["error"]
+
+
+def test_uploads_are_bounded_in_pixels_and_in_the_store(server):
+    from nas.deploy import demo
+
+    bomb = io.BytesIO()
+    Image.new("L", (9000, 9000)).save(bomb, format="PNG")  # 81 MP from a few hundred KB
+    status, result = _post(f"{server}/upload", bomb.getvalue(), "application/octet-stream")
+    assert status == 400 and "the limit is" in result["error"]
+    app = DemoApp(Segmenter(TraceNetStudent(ArchConfig.smallest("tracenet_tiny"))), store_pixels=3 * 40 * 60)
+    ids = [app.upload(_png_bytes(np.zeros((40, 60, 3), np.uint8)))["id"] for _ in range(5)]
+    assert list(app.uploads) == ids[-3:]  # the oldest went first
+    with pytest.raises(demo.InvalidValueError, match="unknown image"):
+        app.image(ids[0])
+
+
+def test_fifty_simultaneous_predictions_all_get_the_right_answer(server):
+    request = json.dumps({"image": "astronaut", "clicks": [[200, 150, True]]}).encode()
+    _, expected = _post(f"{server}/predict", request)
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        answers = list(pool.map(lambda _: _post(f"{server}/predict", request), range(50)))
+    assert [status for status, _ in answers] == [200] * 50
+    assert all(result["mask"] == expected["mask"] for _, result in answers)
+
+
+def test_sixteen_bit_uploads_are_scaled_not_clipped():
+    from search_spaces.common.limits import read_image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.array([[0, 32768, 65535]], dtype=np.uint16)).save(buffer, format="PNG")
+    assert read_image(buffer.getvalue())[0, :, 0].tolist() == [0, 128, 255]
+
+
+def _png_bytes(array):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()

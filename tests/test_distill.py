@@ -102,6 +102,39 @@ def test_resume_gives_the_same_next_step_loss(tmp_path, monkeypatch):
     assert resumed.history[-1].losses == straight.history[-1].losses
 
 
+def test_resume_with_more_steps_re_plans_the_schedule_and_trains(tmp_path):
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+
+    short = load_config(None, FAST + ["train.warmup_steps=0"])
+    Trainer(short, tmp_path / "run", progress=False).fit()
+    before = load_student(tmp_path / "run" / "student.pt").state_dict()
+    longer = load_config(tmp_path / "run" / "config.yaml", ["train.steps=6"])
+    resumed = Trainer(longer, tmp_path / "run", resume=True, progress=False)
+    lrs = []
+    step_losses = resumed._step_losses
+
+    def recording():
+        lrs.append(resumed.optimizer.param_groups[0]["lr"])
+        return step_losses()
+
+    resumed._step_losses = recording
+    summary = resumed.fit()
+    # the learning rate of steps 4..6 is the cosine schedule of a 6-step run at those steps, not 0
+    reference = create_optimizer_v2(torch.nn.Linear(1, 1), longer.train.opt, lr=longer.train.lr)
+    schedule, _ = create_scheduler_v2(reference, longer.train.sched, num_epochs=6, warmup_epochs=0)
+    expected = []
+    for step in (3, 4, 5):
+        schedule.step(step)
+        expected.append(reference.param_groups[0]["lr"])
+    assert lrs == pytest.approx(expected) and min(lrs) > 0
+    after = load_student(tmp_path / "run" / "student.pt").state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
+    # the summary covers the whole run: its first steps are the first run's
+    assert summary["steps"] == 6 and len(resumed.history) == 6
+    assert summary["loss_first"] == pytest.approx(np.mean([h.losses["total"] for h in resumed.history[:1]]))
+
+
 def test_cli_errors_exit_2_and_write_nothing(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["distill", "--config", "smoke", "--set", "train.nope=1", "--out", str(out)]) == 2

@@ -91,7 +91,7 @@ def test_corrupt_tables_name_the_file(tmp_path, mutate, message):
 def test_unreadable_and_unknown_targets(tmp_path):
     path = tmp_path / "trunc.json"
     path.write_text(json.dumps(_table().to_json())[:50])
-    with pytest.raises(LatencyTableError, match="trunc.json: not a readable JSON"):
+    with pytest.raises(LatencyTableError, match="trunc.json: not valid JSON"):
         LatencyTable.load(path)
     with pytest.raises(LatencyTableError, match="no such latency table"):
         LatencyTable.load(tmp_path / "none.json")

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from search_spaces.common.errors import TraceNASError
+from search_spaces.common.limits import read_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 MIN_INSTANCE_PX = 32 * 32
@@ -42,13 +43,6 @@ class Sample:
     image: np.ndarray  # (H, W, 3) uint8 RGB
     mask: np.ndarray | None  # (H, W) bool, the instance; None for unlabeled images
     ignore: np.ndarray | None = None  # (H, W) bool, pixels left out of IoU (GrabCut's uncertain band)
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.array(im.convert("RGB"))
 
 
 def decode_mask(kind: str, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -86,7 +80,8 @@ class FolderDataset:
     def __iter__(self) -> Iterator[Sample]:
         for image_path, mask_path in self.pairs:
             try:
-                image, raw = _read_rgb(image_path), _read_rgb(mask_path)  # as cv2.imread: palette and grey made colour
+                image = read_image(image_path)
+                raw = read_image(mask_path, "mask", scale_bit_depth=False)  # palette and grey made colour
                 if image.shape[:2] != raw.shape[:2]:
                     raise DatasetError(f"mask {raw.shape[:2]} and image {image.shape[:2]} differ in size")
             except (OSError, ValueError) as err:
@@ -137,7 +132,7 @@ class InstanceAnnotations:
             info = self.coco.imgs[ann["image_id"]]
             name = info.get("file_name") or Path(info.get("coco_url", "")).name  # LVIS names images by URL
             try:
-                image = _read_rgb(self.image_dir / name)
+                image = read_image(self.image_dir / name)
                 if image.shape[:2] != (info["height"], info["width"]):
                     raise DatasetError(f"image is {image.shape[:2]}, annotations say {(info['height'], info['width'])}")
             except (OSError, ValueError) as err:
@@ -165,7 +160,7 @@ class ImageFolder:
     def __iter__(self) -> Iterator[Sample]:
         for path in self.paths:
             try:
-                image = _read_rgb(path)
+                image = read_image(path)
             except (OSError, ValueError) as err:
                 self.skipped += 1
                 _skip(path.name, err, self.skipped)

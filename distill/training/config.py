@@ -12,11 +12,10 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from distill.data.prompts import TapMix
 from search_spaces.common.errors import TraceNASError
 from search_spaces.common.files import read_text
+from search_spaces.common.limits import parse_yaml
 
 
 class ConfigError(TraceNASError, ValueError):
@@ -150,17 +149,16 @@ def apply_override(data: dict, assignment: str) -> dict:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"--set {assignment!r}: '{part}' is not a section")
-    node[leaf] = yaml.safe_load(text)
+    node[leaf] = parse_yaml(text, f"--set {assignment!r}", ConfigError)
     return data
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> ExperimentConfig:
     data: object = {}
     if path is not None:
-        try:
-            data = yaml.safe_load(read_text(path, "config file")) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        data = parse_yaml(read_text(path, "config file"), str(path), ConfigError)
+        if data is None:
+            raise ConfigError(f"{path}: the config file is empty")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the config must be a mapping of sections")
     for assignment in overrides:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -234,7 +234,7 @@ class Trainer:
     def fit(self) -> dict:
         cfg = self.config.train
         self.model.train()
-        history = self.history = []
+        history = self.history  # a resumed run continues the log of the steps before
         validating = self.val and not self.supernet_mode and self.rank == 0
         self.val_before = self.validate(self.module) if validating and self.step == 0 else None
         bar = tqdm(total=cfg.steps, initial=self.step, desc="supernet" if self.supernet_mode else "distill",
@@ -348,10 +348,10 @@ class Trainer:
 
     def _save_state(self) -> None:
         state = {"format": STATE_FORMAT, "version": 1, "step": self.step, "model": self.module.state_dict(),
-                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "optimizer": self.optimizer.state_dict(),
                  "ema": self.ema.state_dict() if self.ema is not None else None,
                  "adapter": self.adapter.state_dict() if self.adapter is not None else None,
-                 "torch_rng": torch.get_rng_state(),
+                 "torch_rng": torch.get_rng_state(), "history": [asdict(h) for h in self.history],
                  "config": self.config.to_dict()}
         atomic_write(self.run_dir / "checkpoints" / "last.pt", lambda f: torch.save(state, f))
 
@@ -363,10 +363,12 @@ class Trainer:
             raise ConfigError(f"{self.run_dir}: the stored training state was made with another config")
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         if self.adapter is not None:
             self.adapter.load_state_dict(state["adapter"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
+        self.history = [StepLog(**h) for h in state.get("history", [])]
+        # the schedule is a function of the step and the configured length: training longer re-plans it
+        self.scheduler.step(self.step)

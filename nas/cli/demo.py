@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from nas.cli.common import positive_int
+from nas.cli.common import port
+from search_spaces.common.errors import InvalidValueError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "last click. The mask is the student's, computed in its output window around the tap.",
         epilog="example: nas demo --checkpoint runs/distill/X/student.pt --port 8000")
     parser.add_argument("--checkpoint", required=True, help="student checkpoint (student.pt)")
-    parser.add_argument("--port", type=positive_int, default=8000, help="default %(default)s")
+    parser.add_argument("--port", type=port, default=8000, help="default %(default)s")
     parser.add_argument("--host", default="127.0.0.1", help="default %(default)s (this machine only)")
     parser.add_argument("--window", type=float, default=0.5,
                         help="output window side as a fraction of the resolution (default %(default)s)")
@@ -27,7 +28,10 @@ def _demo(args: argparse.Namespace) -> int:
     from search_spaces.students.segmenter import Segmenter
 
     app = DemoApp(Segmenter.from_checkpoint(args.checkpoint, window=args.window))
-    server = make_server(app, args.host, args.port)
+    try:
+        server = make_server(app, args.host, args.port)
+    except OSError as err:  # the port is taken, or the host is not this machine's
+        raise InvalidValueError(f"cannot serve on {args.host}:{args.port} ({err.strerror or err})") from None
     print(f"TraceNAS demo on http://{args.host}:{server.server_port} (Ctrl-C stops it)")
     try:
         server.serve_forever()

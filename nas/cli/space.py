@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import torch
 
-from nas.cli.common import add_space_arg, positive_int
+from nas.cli.common import add_space_arg, positive_float, positive_int
 from search_spaces.space import FIXED_BACKBONES, ArchConfig, get_space, list_spaces
 from search_spaces.students.complexity import arch_complexity
 from search_spaces.students.fixed_report import describe_fixed
@@ -54,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_space_arg(check)
     check.add_argument("--n", type=positive_int, default=8, help="subnets per group (default 8)")
     check.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    check.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference allowed (default 1e-4)")
+    check.add_argument("--tolerance", type=positive_float, default=1e-4,
+                       help="max abs difference allowed (default 1e-4)")
     check.add_argument("--json", action="store_true", help="print one JSON object (with per-case details)")
     check.set_defaults(func=_check)
 

@@ -3,8 +3,9 @@
 Left click adds a positive click, right click (or shift-click) a negative one; Undo removes the
 last click. The server keeps images in memory and answers JSON: `POST /upload` (image bytes) ->
 `{"id", "width", "height"}`, `POST /predict` `{"image": id, "clicks": [[x, y, positive], ...]}`
--> `{"mask": PNG data URL, "iou", "pixels", "ms"}`. Bad input (an unreadable image, a click off
-the image, no positive click) is a 400 answer with one-line `{"error": ...}`.
+-> `{"mask": PNG data URL, "iou", "pixels", "ms"}`. Bad input (an unreadable or oversized image,
+a click off the image, no positive click, too many clicks, a malformed body or header) is a 400
+(411, 413) answer with one-line `{"error": ...}`; bodies over 32 MiB are refused before they are read.
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ import io
 import json
 import threading
 import time
+import traceback
 import uuid
+from collections import OrderedDict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
 from distill.data.photos import PHOTOS, sample_photos
-from search_spaces.common.errors import InvalidValueError
+from search_spaces.common.errors import InvalidValueError, TraceNASError
+from search_spaces.common.limits import MAX_CLICKS, MAX_IMAGE_PIXELS, parse_json, read_image
 from search_spaces.students.segmenter import Segmenter
 
 MASK_RGBA = (30, 144, 255, 120)
@@ -111,42 +115,61 @@ def _png(array: np.ndarray) -> bytes:
 
 
 class DemoApp:
-    """Images and the segmenter; thread-safe predictions for the HTTP handler."""
+    """Images and the segmenter; thread-safe predictions for the HTTP handler. Uploads are kept in a
+    store bounded by total pixels (the least recently used go first); the bundled photos stay."""
 
-    def __init__(self, segmenter: Segmenter):
+    def __init__(self, segmenter: Segmenter, store_pixels: int = 2 * MAX_IMAGE_PIXELS):
         self.segmenter = segmenter
-        self.images: dict[str, np.ndarray] = dict(zip(PHOTOS, sample_photos(), strict=True))
+        self.photos: dict[str, np.ndarray] = dict(zip(PHOTOS, sample_photos(), strict=True))
+        self.uploads: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.store_pixels = store_pixels
         self.lock = threading.Lock()
 
-    def upload(self, data: bytes) -> dict:
-        from PIL import Image, UnidentifiedImageError
+    def image(self, image_id: object) -> np.ndarray:
+        with self.lock:
+            if isinstance(image_id, str) and image_id in self.uploads:
+                self.uploads.move_to_end(image_id)
+                return self.uploads[image_id]
+        if isinstance(image_id, str) and image_id in self.photos:
+            return self.photos[image_id]
+        raise InvalidValueError(f"unknown image {str(image_id)[:40]!r} (uploads are kept while they fit the store)")
 
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                image = np.array(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as err:
-            raise InvalidValueError(f"not a readable image ({type(err).__name__})") from None
+    def upload(self, data: bytes) -> dict:
+        image = read_image(data)
         image_id = uuid.uuid4().hex[:12]
-        self.images[image_id] = image
+        with self.lock:
+            self.uploads[image_id] = image
+            while sum(a.shape[0] * a.shape[1] for a in self.uploads.values()) > self.store_pixels:
+                self.uploads.popitem(last=False)
         return {"id": image_id, "width": image.shape[1], "height": image.shape[0]}
 
-    def predict(self, request: dict) -> dict:
-        if not isinstance(request, dict) or request.get("image") not in self.images:
-            raise InvalidValueError(f"unknown image {request.get('image') if isinstance(request, dict) else request!r}")
+    def predict(self, request: object) -> dict:
+        if not isinstance(request, dict):
+            raise InvalidValueError("the request must be a JSON object {image, clicks}")
+        image = self.image(request.get("image"))
         clicks = request.get("clicks")
         if not isinstance(clicks, list) or not all(isinstance(c, list) and len(c) == 3 for c in clicks):
             raise InvalidValueError("clicks must be a list of [x, y, positive]")
+        if len(clicks) > MAX_CLICKS:
+            raise InvalidValueError(f"{len(clicks)} clicks; at most {MAX_CLICKS} per request")
         start = time.perf_counter()
-        with self.lock:
-            mask, iou = self.segmenter.predict(self.images[request["image"]], [tuple(c) for c in clicks])
+        with self.lock:  # one prediction at a time: the segmenter's buffers are shared
+            mask, iou = self.segmenter.predict(image, [tuple(c) for c in clicks])
         rgba = np.zeros((*mask.shape, 4), np.uint8)
         rgba[mask] = MASK_RGBA
         return {"mask": "data:image/png;base64," + base64.b64encode(_png(rgba)).decode(), "iou": iou,
                 "pixels": int(mask.sum()), "ms": (time.perf_counter() - start) * 1e3}
 
 
-def make_server(app: DemoApp, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
+class DemoServer(ThreadingHTTPServer):
+    request_queue_size = 128  # simultaneous connections waiting to be accepted (the default is 5)
+    daemon_threads = True
+
+
+def make_server(app: DemoApp, host: str = "127.0.0.1", port: int = 8000) -> DemoServer:
     class Handler(BaseHTTPRequestHandler):
+        timeout = 30  # seconds a client may take to send its request
+
         def log_message(self, *args: object) -> None:  # quiet: the page reports errors itself
             pass
 
@@ -166,24 +189,39 @@ def make_server(app: DemoApp, host: str = "127.0.0.1", port: int = 8000) -> Thre
             elif self.path == "/images":
                 self._json(200, list(PHOTOS))
             elif self.path.startswith("/image/") and self.path[7:] in PHOTOS:
-                self._send(200, _png(app.images[self.path[7:]]), "image/png")
+                self._send(200, _png(app.photos[self.path[7:]]), "image/png")
             else:
-                self._json(404, {"error": f"no such page {self.path}"})
+                self._json(404, {"error": f"no such page {self.path[:80]}"})
+
+        def _body(self) -> bytes | None:
+            """The request body, at most MAX_UPLOAD_BYTES of it; None once an error is answered."""
+            length = self.headers.get("Content-Length")
+            if length is None:
+                self._json(411, {"error": "a Content-Length header is required"})
+            elif not length.strip().isdigit():
+                self._json(400, {"error": "Content-Length must be a non-negative integer"})
+            elif int(length) > MAX_UPLOAD_BYTES:
+                self._json(413, {"error": f"body larger than {MAX_UPLOAD_BYTES // 2**20} MiB"})
+            else:
+                return self.rfile.read(int(length))
+            self.close_connection = True  # the unread body must not be taken for the next request
+            return None
 
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_UPLOAD_BYTES:
-                self._json(413, {"error": f"upload larger than {MAX_UPLOAD_BYTES // 2**20} MiB"})
+            body = self._body()
+            if body is None:
                 return
-            body = self.rfile.read(length)
             try:
                 if self.path == "/upload":
                     self._json(200, app.upload(body))
                 elif self.path == "/predict":
-                    self._json(200, app.predict(json.loads(body or b"null")))
+                    self._json(200, app.predict(parse_json(body or b"null", "request")))
                 else:
-                    self._json(404, {"error": f"no such endpoint {self.path}"})
-            except (ValueError, TypeError) as err:  # bad input: one line for the page
+                    self._json(404, {"error": f"no such endpoint {self.path[:80]}"})
+            except TraceNASError as err:  # bad input: one line for the page
                 self._json(400, {"error": str(err).splitlines()[0]})
+            except Exception:  # a bug: the client still gets an answer, the log the traceback
+                traceback.print_exc()
+                self._json(500, {"error": "internal error (see the server's log)"})
 
-    return ThreadingHTTPServer((host, port), Handler)
+    return DemoServer((host, port), Handler)

@@ -19,13 +19,12 @@ import re
 from datetime import date
 from pathlib import Path
 
-import yaml
-
 from nas import __version__
 from nas.latency.op_keys import OpKey
 from nas.latency.table import Entry, LatencyTable
 from search_spaces.common.errors import TraceNASError
 from search_spaces.common.files import read_text
+from search_spaces.common.limits import parse_json, parse_yaml
 
 FORMATS = ("ofa", "proxyless")
 _SHAPE = re.compile(r"^(\d+)x(\d+)x(\d+)$")
@@ -66,10 +65,7 @@ def import_tables(files: list[str | Path], fmt: str, device: str) -> LatencyTabl
     merged: dict[str, list[tuple[int, float, float]]] = {}
     for file in files:
         path = Path(file)
-        try:
-            data = yaml.safe_load(read_text(path, "latency table"))
-        except yaml.YAMLError as err:
-            raise LatencyImportError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        data = parse_yaml(read_text(path, "latency table"), str(path), LatencyImportError)
         if not isinstance(data, dict) or not data:
             raise LatencyImportError(f"{path}: expected a mapping of block keys to statistics")
         for text, stats in data.items():
@@ -124,12 +120,12 @@ def check_ofa_net(table: LatencyTable, net_dir: str | Path) -> dict:
 
     Returns the prediction and the latency named in the folder (`..._lat-30ms_...`), or which
     resolution / keys the table lacks."""
-    import json
 
     net_dir = Path(net_dir)
     try:
-        net = json.loads(read_text(net_dir / "net.config", "OFA net.config"))
-        resolution = int(json.loads(read_text(net_dir / "run.config", "OFA run.config"))["image_size"])
+        net = parse_json(read_text(net_dir / "net.config", "OFA net.config"), str(net_dir / "net.config"))
+        run = parse_json(read_text(net_dir / "run.config", "OFA run.config"), str(net_dir / "run.config"))
+        resolution = int(run["image_size"])
     except (OSError, ValueError, KeyError) as err:
         raise LatencyImportError(f"{net_dir}: not an OFA network folder with net.config and run.config ({err})") \
             from None

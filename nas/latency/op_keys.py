@@ -71,6 +71,8 @@ class OpKey:
             if not name or not value:
                 raise OpKeyError(f"malformed attribute {item!r} in op key {text!r}")
             attrs[name] = int(value) if value.lstrip("-").isdigit() else value
+        if int(match["h"]) < 1 or int(match["w"]) < 1:
+            raise OpKeyError(f"op key {text!r} has an empty output shape")
         key = cls.make(match["kind"], (int(match["h"]), int(match["w"])), **attrs)
         if str(key) != text:
             raise OpKeyError(f"op key {text!r} is not canonical; write it as {str(key)!r}")

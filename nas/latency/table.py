@@ -20,7 +20,8 @@ from pathlib import Path
 
 from nas.latency.op_keys import OpKey, OpKeyError
 from search_spaces.common.errors import TraceNASError
-from search_spaces.common.files import atomic_write
+from search_spaces.common.files import atomic_write, read_text
+from search_spaces.common.limits import parse_json
 
 SCHEMA = "tracenas-latency-table"
 VERSION = 1
@@ -101,13 +102,10 @@ class LatencyTable:
     @classmethod
     def load(cls, path: str | Path) -> LatencyTable:
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise LatencyTableError(f"{path}: no such latency table") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise LatencyTableError(f"{path}: not a readable JSON latency table ({err})") from None
-        return cls.from_json(data, source=str(path))
+        if not path.is_file():
+            raise LatencyTableError(f"{path}: no such latency table")
+        return cls.from_json(parse_json(read_text(path, "latency table"), str(path), LatencyTableError),
+                             source=str(path))
 
     @classmethod
     def from_json(cls, data: object, source: str = "<table>") -> LatencyTable:

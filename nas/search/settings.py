@@ -3,7 +3,6 @@ latency setting (`SearchSettings`), as stored in a run's `search_config.json`.""
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -13,6 +12,7 @@ from nas.latency.setting import LatencySetting
 from nas.search.algorithms import Evolution, OptunaSearch
 from search_spaces.common.errors import InputFileError, InvalidValueError
 from search_spaces.common.files import read_text
+from search_spaces.common.limits import parse_json
 from search_spaces.space import DEFAULT_SPACE, get_space
 
 ALGORITHMS = ("evolution", "nsga2", "tpe")
@@ -94,6 +94,6 @@ def load_settings(run_dir: Path) -> SearchSettings:
     if not path.is_file():
         raise InputFileError(f"{run_dir}: not a search run directory (no {CONFIG_FILE})")
     try:
-        return SearchSettings.from_dict(json.loads(read_text(path, "search settings file"))["settings"])
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        return SearchSettings.from_dict(parse_json(read_text(path, "search settings file"), str(path))["settings"])
+    except (KeyError, TypeError) as err:
         raise InvalidValueError(f"{path}: malformed search settings ({err})") from None

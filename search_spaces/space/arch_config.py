@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from search_spaces.common.errors import TraceNASError
+from search_spaces.common.limits import parse_json
 from search_spaces.space.registry import DEFAULT_SPACE, get_space
 from search_spaces.space.spec import SpaceSpec
 
@@ -127,10 +128,7 @@ class ArchConfig:
 
     @classmethod
     def from_json(cls, text: str) -> ArchConfig:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ArchConfigError(f"architecture is not valid JSON: {err}") from None
+        data = parse_json(text, "architecture", ArchConfigError)
         # Accept the bare config or any result file that wraps it under "arch".
         if isinstance(data, dict) and isinstance(data.get("arch"), dict):
             data = data["arch"]

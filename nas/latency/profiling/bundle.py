@@ -27,6 +27,7 @@ from nas.latency.profiling.profiler import measure, summarize
 from nas.latency.table import Entry, LatencyTable, LatencyTableError
 from search_spaces.common.errors import InvalidValueError
 from search_spaces.common.files import read_text
+from search_spaces.common.limits import parse_json
 
 BUNDLE_SCHEMA = "tracenas-profile-bundle"
 RESULTS_SCHEMA = "tracenas-profile-results"
@@ -156,14 +157,13 @@ def write_bundle(keys: list[OpKey], backend: str, out_dir: str | Path, space: st
 def read_results(path: str | Path, device: str) -> LatencyTable:
     """The runner's `results.json` as a measured latency table for `device`."""
     path = Path(path)
-    try:
-        data = json.loads(read_text(path, "results file"))
-    except json.JSONDecodeError as err:
-        raise LatencyTableError(f"{path}: not a readable results file ({err})") from None
+    data = parse_json(read_text(path, "results file"), str(path), LatencyTableError)
     if not isinstance(data, dict) or data.get("schema") != RESULTS_SCHEMA or data.get("version") != VERSION:
         raise LatencyTableError(f"{path}: not a TraceNAS bundle results file (schema {RESULTS_SCHEMA} v{VERSION})")
     manifest_path = path.parent / "manifest.json"
-    space = json.loads(manifest_path.read_text()).get("space") if manifest_path.exists() else None
+    manifest = parse_json(read_text(manifest_path, "manifest"), str(manifest_path), LatencyTableError) \
+        if manifest_path.exists() else {}
+    space = manifest.get("space") if isinstance(manifest, dict) else None
     table = LatencyTable(device={"name": device, "hardware": data.get("hardware"), "os": data.get("os"),
                                  "runtime": data.get("backend"), "runtime_version": data.get("runtime"),
                                  "threads": data.get("threads"), "dtype": "float32",

@@ -19,6 +19,7 @@ from torch import nn
 
 from search_spaces.common.errors import InvalidValueError
 from search_spaces.common.files import atomic_write, read_text
+from search_spaces.common.limits import parse_json
 from search_spaces.space import ArchConfig, ArchConfigError, genome_space
 from search_spaces.students.checkpoint import CheckpointError, read_payload
 
@@ -72,7 +73,7 @@ def read_pairs(path: str | Path) -> tuple[list[ArchConfig], np.ndarray]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = parse_json(line, f"{path}:{number}")
             archs.append(ArchConfig.from_dict(row["arch"]))
             scores.append(float(row["score"]))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, ArchConfigError) as err:
