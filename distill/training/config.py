@@ -12,10 +12,13 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from distill.data.prompts import TapMix
 from search_spaces.common.errors import TraceNASError
 from search_spaces.common.files import read_text
-from search_spaces.common.limits import parse_yaml
+from search_spaces.common.limits import MAX_BATCH_SIZE, parse_yaml
+from search_spaces.space import UnknownSpaceError, get_space
 
 
 class ConfigError(TraceNASError, ValueError):
@@ -177,3 +180,28 @@ def _check_values(config: ExperimentConfig) -> None:
             raise ConfigError(f"train.{name}: must be at least 1")
     if config.prompts.max_rounds < 0 or config.loss.temperature <= 0:
         raise ConfigError("prompts.max_rounds must be >= 0 and loss.temperature > 0")
+    if config.train.batch_size > MAX_BATCH_SIZE:
+        raise ConfigError(f"train.batch_size: {config.train.batch_size} is more than {MAX_BATCH_SIZE}")
+    try:
+        get_space(config.student.space)
+    except UnknownSpaceError as err:
+        raise ConfigError(f"student.space: {err}") from None
+    _check_device(config.train.device)
+
+
+def _check_device(device: str) -> None:
+    """`auto`, `cpu`, `cuda`, `cuda:N` or `mps`, and present on this machine."""
+    if device == "auto":
+        return
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"train.device: {device!r} is not a device (auto, cpu, cuda, cuda:N, mps)") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count()
+        if (parsed.index or 0) >= count:
+            raise ConfigError(f"train.device={device}: this machine has {count} CUDA device(s)")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device={device}: MPS is not available on this machine")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"train.device: {device!r} is not supported (auto, cpu, cuda, cuda:N, mps)")

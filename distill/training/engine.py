@@ -56,10 +56,10 @@ def resolve_arch(student: StudentConfig) -> ArchConfig:
     if spec == "largest":
         return ArchConfig.largest(student.space)
     if spec.startswith("sample:"):
-        try:
-            return ArchConfig.sample(int(spec.split(":", 1)[1]), student.space)
-        except ValueError:
-            raise ConfigError(f"student.arch: {spec!r} must be sample:SEED with an integer seed") from None
+        seed = spec.split(":", 1)[1]
+        if not seed.isdigit():
+            raise ConfigError(f"student.arch: {spec!r} must be sample:SEED with an integer seed")
+        return ArchConfig.sample(int(seed), student.space)
     path = Path(spec)
     if not path.is_file():
         raise ConfigError(f"student.arch: {spec!r} is neither smallest, largest, sample:SEED nor an arch file")

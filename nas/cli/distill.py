@@ -10,6 +10,7 @@ from pathlib import Path
 from distill.training.config import load_config
 from nas.cli.common import positive_int
 from search_spaces.common.errors import InputFileError, InvalidValueError, OutputError
+from search_spaces.common.files import exclusive
 
 EPILOG = """examples:
   nas distill --config experiments/smoke.yaml
@@ -77,14 +78,16 @@ def _run(args: argparse.Namespace) -> int:
         run_dir = Path(args.out) if args.out else Path("runs") / args.command / name
         if (run_dir / "checkpoints" / "last.pt").exists():
             raise OutputError(f"{run_dir} already holds a run; pass it to --resume or choose another --out")
-    if args.workers > 1:
-        from distill.training.parallel import train_with_ray
+    with exclusive(run_dir):  # one process trains into a run folder at a time
+        if args.workers > 1:
+            from distill.training.parallel import train_with_ray
 
-        summary = train_with_ray(config, run_dir, args.workers, args.supernet, bool(args.resume), not args.quiet,
-                                 args.ray_address)
-    else:
-        trainer = Trainer(config, run_dir, supernet=args.supernet, resume=bool(args.resume), progress=not args.quiet)
-        summary = trainer.fit()
+            summary = train_with_ray(config, run_dir, args.workers, args.supernet, bool(args.resume),
+                                     not args.quiet, args.ray_address)
+        else:
+            trainer = Trainer(config, run_dir, supernet=args.supernet, resume=bool(args.resume),
+                              progress=not args.quiet)
+            summary = trainer.fit()
     if args.json:
         print(json.dumps(summary | {"run_dir": str(run_dir)}))
     else:

@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     except TraceNASError as err:  # caused by input: bad names, files, values — one line, exit 2
         if args.debug:
             raise
-        print(f"nas {args.command}: error: {err}", file=sys.stderr)
+        message = str(err).strip().splitlines()
+        print(f"nas {args.command}: error: {message[0] if message else type(err).__name__}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("nas: interrupted", file=sys.stderr)

@@ -13,6 +13,7 @@ from nas.cli.common import positive_int
 from nas.search.scores.predictor import fit_predictor, read_pairs, save_predictor
 from nas.search.scoring import ScorePool
 from search_spaces.common.errors import InvalidValueError
+from search_spaces.common.files import exclusive
 from search_spaces.space import ArchConfig
 
 
@@ -70,10 +71,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _collect(args: argparse.Namespace) -> int:
     recipe = {"name": "supernet", "checkpoint": args.supernet, "data": args.data, "images": args.images,
               "taps": args.taps}
-    pool = ScorePool(recipe, args.workers)
+    out = Path(args.out)
+    with exclusive(out):  # one process appends to a pairs file at a time
+        _collect_into(out, ScorePool(recipe, args.workers), args)
+    return 0
+
+
+def _collect_into(out: Path, pool: ScorePool, args: argparse.Namespace) -> None:
     try:
         space = pool.scorer.supernet.spec.name
-        out = Path(args.out)
         done = len(read_pairs(out)[0]) if out.is_file() else 0
         rng = np.random.default_rng(args.seed)
         archs = [ArchConfig.sample(rng, space) for _ in range(args.n)][done:]
@@ -87,7 +93,6 @@ def _collect(args: argparse.Namespace) -> int:
     finally:
         pool.close()
     print(f"{args.n} pairs in {args.out} ({pool.scorer.description})")
-    return 0
 
 
 def _fit(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nas.cli.common import add_space_arg, positive_float, positive_int
+from nas.cli.common import add_space_arg, non_negative_float, positive_float, positive_int
 from nas.latency.op_keys import OpKey
 from nas.latency.profiling.backends import BACKENDS
 from nas.latency.profiling.bundle import BUNDLE_BACKENDS, read_results, write_bundle
@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="also profile the ops of these timm models (default resolution 224), e.g. to "
                              "calibrate against published latencies of those models")
     parser.add_argument("--max-seconds", type=positive_float, default=2.0, help="time cap per op (default 2 s)")
-    parser.add_argument("--recheck-above-ms", type=positive_float, metavar="MS",
+    parser.add_argument("--recheck-above-ms", type=non_negative_float, metavar="MS",
                         help="afterwards time every op slower than MS once more and keep the faster median: "
                              "a slow phase of a shared machine or a throttled phone inflates whole measurements, "
                              "and the slowest ops dominate every prediction (rerunning rechecks again)")

@@ -291,13 +291,20 @@ class OptunaSearch:
 
     def run(self, problem: SearchProblem) -> Outcome:
         study = problem.study
+        for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            study.tell(stale.number, state=optuna.trial.TrialState.FAIL)  # asked by a run that was killed
         complete = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
         # a resumed study continues with a fresh, still seed-determined random stream
         study.sampler = self.sampler(problem, problem.seed + complete)
         best = max((c for c in problem.recorded() if c.feasible), key=lambda c: c.score, default=None)
         while complete < self.trials:
             batch = [study.ask() for _ in range(min(problem.population, self.trials - complete))]
-            candidates = problem.evaluate([suggest_arch(t, problem.space) for t in batch])
+            try:
+                candidates = problem.evaluate([suggest_arch(t, problem.space) for t in batch])
+            except BaseException:  # interrupted (Ctrl-C included): no trial stays RUNNING in the study
+                for trial in batch:
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                raise
             for trial, c in zip(batch, candidates, strict=True):
                 for name, value in _user_attrs(c).items():
                     trial.set_user_attr(name, value)

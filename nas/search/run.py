@@ -24,7 +24,7 @@ from nas.search.report import pareto_front, write_target_result
 from nas.search.scoring import LatencyModel, ScorePool
 from nas.search.settings import CONFIG_FILE, LOG_FILE, STUDY_FILE, SearchSettings
 from search_spaces.common.errors import InvalidValueError, OutputError
-from search_spaces.common.files import atomic_write
+from search_spaces.common.files import atomic_write, exclusive
 from search_spaces.space import ArchConfig
 
 
@@ -72,7 +72,9 @@ def _storage(url: str) -> optuna.storages.RDBStorage:
     try:
         return optuna.storages.RDBStorage(url)
     except Exception as err:  # SQLAlchemy raises its own types for bad URLs and unreachable servers
-        raise InvalidValueError(f"storage {url!r}: {type(err).__name__}: {err}") from None
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise InvalidValueError(f"storage {url!r} is not a usable Optuna database ({type(err).__name__}: "
+                                f"{first[:160]})") from None
 
 
 def run_search(settings: SearchSettings, out_dir: str | Path, resume: bool = False, progress: bool = True,
@@ -81,28 +83,29 @@ def run_search(settings: SearchSettings, out_dir: str | Path, resume: bool = Fal
 
     `on_best(target, candidate)` is called whenever a target's best feasible candidate improves."""
     out = Path(out_dir)
-    if not resume and (out / CONFIG_FILE).exists():
-        raise OutputError(f"{out} already holds a search; pass it to --resume or choose another --out")
     targets = check_budgets(settings)  # before anything is written
-    storage = _storage(settings.storage) if settings.storage else None
-    pool = ScorePool(settings.scorer, settings.workers, settings.ray_address)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        storage = storage or _storage(f"sqlite:///{(out / STUDY_FILE).resolve()}")
-        atomic_write(out / CONFIG_FILE, lambda f: f.write(json.dumps({
-            "settings": settings.to_dict(), "tool_version": __version__, "optuna_version": optuna.__version__,
-            "score": {"name": pool.scorer.name, "kind": pool.scorer.kind, "description": pool.scorer.description},
-            "latency_setting": settings.setting().describe()}, indent=1).encode()))
-        results = []
-        with open(out / LOG_FILE, "a") as log:
-            log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {'resume' if resume else 'start'} "
-                      f"{json.dumps(settings.to_dict())}\n")
-            for target, table, latency, budget in targets:
-                results.append(_search_target(settings, target, table, latency, budget, storage, pool,
-                                              out if len(targets) == 1 else out / Path(target).stem, log, progress,
-                                              on_best or (lambda target, candidate: None)))
-    finally:
-        pool.close()
+    with exclusive(out):  # one process writes a run folder at a time
+        if not resume and (out / CONFIG_FILE).exists():
+            raise OutputError(f"{out} already holds a search; pass it to --resume or choose another --out")
+        storage = _storage(settings.storage) if settings.storage else None
+        pool = ScorePool(settings.scorer, settings.workers, settings.ray_address)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            storage = storage or _storage(f"sqlite:///{(out / STUDY_FILE).resolve()}")
+            atomic_write(out / CONFIG_FILE, lambda f: f.write(json.dumps({
+                "settings": settings.to_dict(), "tool_version": __version__, "optuna_version": optuna.__version__,
+                "score": {"name": pool.scorer.name, "kind": pool.scorer.kind, "description": pool.scorer.description},
+                "latency_setting": settings.setting().describe()}, indent=1).encode()))
+            results = []
+            with open(out / LOG_FILE, "a") as log:
+                log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {'resume' if resume else 'start'} "
+                          f"{json.dumps(settings.to_dict())}\n")
+                for target, table, latency, budget in targets:
+                    results.append(_search_target(settings, target, table, latency, budget, storage, pool,
+                                                  out if len(targets) == 1 else out / Path(target).stem, log,
+                                                  progress, on_best or (lambda target, candidate: None)))
+        finally:
+            pool.close()
     return results
 
 

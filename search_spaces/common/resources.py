@@ -36,3 +36,24 @@ def ray_session(address: str | None = None, **init_kwargs: object) -> Iterator[N
         yield
     finally:
         ray.shutdown()
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """In the block, SIGTERM raises KeyboardInterrupt as Ctrl-C does, so long work can save what it has;
+    the caller's handler is restored after (only the main thread can take signals)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -36,7 +36,8 @@ def read_payload(path: str | Path, fmt: str, what: str, map_location: str | torc
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for truncated or foreign files
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}; only tensors and plain "
+                              "data are read)") from None
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         raise CheckpointError(f"{path}: not a TraceNAS {what} checkpoint (format must be '{fmt}')")
     if payload.get("version") != version:
@@ -45,13 +46,28 @@ def read_payload(path: str | Path, fmt: str, what: str, map_location: str | torc
     return payload
 
 
+def load_weights(model: torch.nn.Module, state: object, path: str | Path, what: str) -> None:
+    """`model.load_state_dict(state)`, or one CheckpointError line that counts what does not match."""
+    expected = model.state_dict()
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: holds no state dict for the {what}")
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in expected if k in state and getattr(state[k], "shape", None) != expected[k].shape]
+    if missing or unexpected or reshaped:
+        first = (missing or unexpected or reshaped)[0]
+        raise CheckpointError(f"{path}: weights do not match the {what}: {len(missing)} missing, {len(unexpected)} "
+                              f"unexpected, {len(reshaped)} of another shape (first: {first})")
+    model.load_state_dict(state)
+
+
 def load_student(path: str | Path, map_location: str | torch.device = "cpu") -> TraceNetStudent:
     payload = read_payload(path, FORMAT, "student", map_location)
     try:
         model = TraceNetStudent(ArchConfig.from_dict(payload["arch"]))
-        model.load_state_dict(payload["state_dict"])
-    except (KeyError, ArchConfigError, RuntimeError) as err:
-        raise CheckpointError(f"{path}: weights do not match the stored architecture ({err})") from None
+    except (KeyError, ArchConfigError) as err:
+        raise CheckpointError(f"{path}: no valid architecture stored ({str(err).splitlines()[0]})") from None
+    load_weights(model, payload.get("state_dict"), path, "stored architecture")
     return model.eval()
 
 
@@ -69,7 +85,7 @@ def load_supernet(path: str | Path, map_location: str | torch.device = "cpu") ->
     payload = read_payload(path, SUPERNET_FORMAT, "supernet", map_location)
     try:
         supernet = TraceNetSupernet(payload["space"])
-        supernet.load_state_dict(payload["state_dict"])
-    except (KeyError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"{path}: weights do not match the supernet of its space ({err})") from None
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"{path}: no usable space stored ({str(err).splitlines()[0]})") from None
+    load_weights(supernet, payload.get("state_dict"), path, f"supernet of space {payload['space']!r}")
     return supernet.eval()

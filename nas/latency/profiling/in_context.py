@@ -38,6 +38,8 @@ from nas.latency.profiling.backends import OnnxRuntimeBackend, export_onnx, onnx
 from nas.latency.profiling.profiler import covering_archs, device_metadata, measure, open_table, summarize
 from nas.latency.setting import REFERENCE_SETTING, LatencySetting
 from nas.latency.table import LatencyTable, LatencyTableError
+from search_spaces.common.files import exclusive
+from search_spaces.common.resources import sigterm_as_interrupt
 from search_spaces.space import ArchConfig, get_space
 from search_spaces.students.student import TraceNetStudent
 
@@ -199,41 +201,42 @@ def profile_context(out: str | Path, device: str, threads: int, space: str,
     written at the end."""
     runtime = OnnxRuntimeBackend(threads)
     out = Path(out)
-    metadata = device_metadata(device, runtime.name, threads, runtime.runtime_version)
-    table = open_table(out, metadata, space)
-    if table.entries and not table.notes.startswith(IN_CONTEXT_NOTE):
-        raise LatencyTableError(f"{out}: holds units timed alone, not in context; choose another --out")
-    log = out.with_name(f"{out.stem}.{space.replace(':', '-')}.programs.jsonl")
-    header = metadata | {"space": space, "setting": setting.describe()}
-    records = _read_log(log, header)
-    if not records:
-        records = [header | {"priced_before": sorted(table.entries)}]
-        log.write_text(json.dumps(records[0]) + "\n")
-    priced_before, done = set(records[0]["priced_before"]), records[1:]
-    programs = list(itertools.islice(context_programs(space, setting, priced_before), limit))
-    for arch, keys in tqdm(programs[len(done):], desc=f"profile {device} in context ({threads}t)", unit="program",
-                           initial=min(len(done), len(programs)), total=len(programs), disable=not progress):
-        program = setting.program(TraceNetStudent(arch))
-        per_unit, wall = profile_in_context(program, program.example_inputs(), keys, runtime)
-        scale = wall / sum(per_unit)
-        record = {"arch": arch.to_dict(), "wall_ms": wall, "units": {}}
-        for key, ms in zip(keys, per_unit, strict=True):
-            record["units"].setdefault(str(key), []).append(ms * scale)
-        with log.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        done.append(record)
-    observed: dict[str, list[float]] = defaultdict(list)
-    for record in done[: len(programs)]:
-        for key, times in record["units"].items():
-            observed[key] += times
-    added = [key for key in observed if key not in priced_before]
-    count = min(len(done), len(programs))
-    if not priced_before:
-        table.notes = (f"{IN_CONTEXT_NOTE} ONNX Runtime node profiles of {count} covering programs at "
-                       f"{setting.describe()}, each unit's nodes scaled to its program's wall time")
-    elif set(added) - set(table.entries):
-        table.notes += f"; + {space}: {count} programs priced {len(added)} more units"
-    for key in sorted(added):
-        table.add(key, summarize(observed[key]))
-    table.save(out)
-    return table
+    with exclusive(out), sigterm_as_interrupt():  # one writer per table; SIGTERM stops like Ctrl-C
+        metadata = device_metadata(device, runtime.name, threads, runtime.runtime_version)
+        table = open_table(out, metadata, space)
+        if table.entries and not table.notes.startswith(IN_CONTEXT_NOTE):
+            raise LatencyTableError(f"{out}: holds units timed alone, not in context; choose another --out")
+        log = out.with_name(f"{out.stem}.{space.replace(':', '-')}.programs.jsonl")
+        header = metadata | {"space": space, "setting": setting.describe()}
+        records = _read_log(log, header)
+        if not records:
+            records = [header | {"priced_before": sorted(table.entries)}]
+            log.write_text(json.dumps(records[0]) + "\n")
+        priced_before, done = set(records[0]["priced_before"]), records[1:]
+        programs = list(itertools.islice(context_programs(space, setting, priced_before), limit))
+        for arch, keys in tqdm(programs[len(done):], desc=f"profile {device} in context ({threads}t)", unit="program",
+                               initial=min(len(done), len(programs)), total=len(programs), disable=not progress):
+            program = setting.program(TraceNetStudent(arch))
+            per_unit, wall = profile_in_context(program, program.example_inputs(), keys, runtime)
+            scale = wall / sum(per_unit)
+            record = {"arch": arch.to_dict(), "wall_ms": wall, "units": {}}
+            for key, ms in zip(keys, per_unit, strict=True):
+                record["units"].setdefault(str(key), []).append(ms * scale)
+            with log.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            done.append(record)
+        observed: dict[str, list[float]] = defaultdict(list)
+        for record in done[: len(programs)]:
+            for key, times in record["units"].items():
+                observed[key] += times
+        added = [key for key in observed if key not in priced_before]
+        count = min(len(done), len(programs))
+        if not priced_before:
+            table.notes = (f"{IN_CONTEXT_NOTE} ONNX Runtime node profiles of {count} covering programs at "
+                           f"{setting.describe()}, each unit's nodes scaled to its program's wall time")
+        elif set(added) - set(table.entries):
+            table.notes += f"; + {space}: {count} programs priced {len(added)} more units"
+        for key in sorted(added):
+            table.add(key, summarize(observed[key]))
+        table.save(out)
+        return table

@@ -26,6 +26,8 @@ from nas.latency.op_keys import OpKey, arch_op_keys
 from nas.latency.op_kinds import op_kind, op_module
 from nas.latency.profiling.backends import Backend, get_backend
 from nas.latency.table import Entry, LatencyTable, LatencyTableError, shape_ladder
+from search_spaces.common.files import exclusive
+from search_spaces.common.resources import sigterm_as_interrupt
 from search_spaces.space import ArchConfig, get_space
 
 SAVE_EVERY_S = 5.0
@@ -145,16 +147,20 @@ def profile(keys: Iterable[OpKey], out: str | Path, device: str, backend: str, t
     keeps what it saved, and rerunning only lowers entries further."""
     runtime = get_backend(backend, threads)
     out = Path(out)
-    table = open_table(out, device_metadata(device, backend, threads, runtime.runtime_version), space)
-    keys = list(dict.fromkeys(keys))
-    todo = [k for k in keys if str(k) not in table.entries]
-    _measure_into(table, todo, runtime, out, f"profile {device} ({backend}, {threads}t)", progress,
-                  measure_options, keep_faster=False)
-    if recheck_above_ms is not None:
-        slow = [k for k in keys if table.entries[str(k)].median > recheck_above_ms]
-        _measure_into(table, slow, runtime, out, f"recheck > {recheck_above_ms:g} ms", progress,
-                      measure_options, keep_faster=True)
-    table.save(out)
+    with exclusive(out), sigterm_as_interrupt():  # one writer per table; SIGTERM stops like Ctrl-C
+        table = open_table(out, device_metadata(device, backend, threads, runtime.runtime_version), space)
+        keys = list(dict.fromkeys(keys))
+        todo = [k for k in keys if str(k) not in table.entries]
+        try:
+            _measure_into(table, todo, runtime, out, f"profile {device} ({backend}, {threads}t)", progress,
+                          measure_options, keep_faster=False)
+            if recheck_above_ms is not None:
+                slow = [k for k in keys if table.entries[str(k)].median > recheck_above_ms]
+                _measure_into(table, slow, runtime, out, f"recheck > {recheck_above_ms:g} ms", progress,
+                              measure_options, keep_faster=True)
+        finally:  # an interrupted profile keeps everything measured so far, and a rerun resumes from it
+            if table.entries:
+                table.save(out)
     return table
 
 
