@@ -5,7 +5,7 @@
 - `modules/`: the nn building blocks (backbones, FPN, tap head);
 - `students/`: `TraceNetSupernet` (shared weights, `extract`) -> `TraceNetStudent` (a plain module) ->
   `Segmenter` (the numpy facade), with checkpoints, FLOPs and the tracing check;
-- `common/`: the `TraceNASError` base, atomic file writes, borrowed process resources.
+- `common/`: the `TraceNASError` base, atomic writes and write locks, input limits, borrowed process resources.
 
 The names below are imported on first use, so `import search_spaces.space` stays torch-free.
 """

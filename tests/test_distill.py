@@ -87,10 +87,10 @@ def test_resume_gives_the_same_next_step_loss(tmp_path, monkeypatch):
     crashed = Trainer(config, tmp_path / "b", progress=False)
     original = Trainer._step_losses
 
-    def crash_at_step_3(self):
+    def crash_at_step_3(self, batch):
         if self.step == 2:
             raise KeyboardInterrupt
-        return original(self)
+        return original(self, batch)
 
     monkeypatch.setattr(Trainer, "_step_losses", crash_at_step_3)
     with pytest.raises(KeyboardInterrupt):
@@ -114,9 +114,9 @@ def test_resume_with_more_steps_re_plans_the_schedule_and_trains(tmp_path):
     lrs = []
     step_losses = resumed._step_losses
 
-    def recording():
+    def recording(batch):
         lrs.append(resumed.optimizer.param_groups[0]["lr"])
-        return step_losses()
+        return step_losses(batch)
 
     resumed._step_losses = recording
     summary = resumed.fit()
@@ -264,8 +264,8 @@ def test_gradient_accumulation_averages_micro_batches(tmp_path):
     micro_grads, applied = [], []
     step_losses, optimizer_step = trainer._step_losses, trainer.optimizer.step
 
-    def recording_losses():  # each micro-batch's own gradient, taken before the engine accumulates it
-        total, log = step_losses()
+    def recording_losses(batch):  # each micro-batch's own gradient, taken before the engine accumulates it
+        total, log = step_losses(batch)
         micro_grads.append(torch.autograd.grad(total, params, retain_graph=True, allow_unused=True))
         return total, log
 

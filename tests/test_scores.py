@@ -190,12 +190,17 @@ def test_coco_instances_become_samples_and_tiny_or_crowd_ones_are_skipped(tmp_pa
              "bbox": [0, 0, 5, 5], "iscrowd": 0},  # tiny
             {"id": 12, "image_id": 1, "category_id": 1, "segmentation": box(0, 0, 100, 90), "area": 9000,
              "bbox": [0, 0, 100, 90], "iscrowd": 1},  # crowd
+            {"id": 13, "image_id": 1, "category_id": 1, "segmentation": box(70, 60, 115, 95), "area": 1575,
+             "bbox": [70, 60, 45, 35], "iscrowd": 0},
             {"id": 20, "image_id": 2, "category_id": 1, "segmentation": box(30, 20, 100, 90), "area": 4900,
              "bbox": [30, 20, 70, 70]}]}
     (tmp_path / "ann.json").write_text(json.dumps(annotations))
-    samples = list(load_dataset(f"coco:{tmp_path / 'ann.json'}:{tmp_path / 'images'}"))
-    assert [s.name for s in samples] == ["a#10", "b#20"]
+    dataset = load_dataset(f"coco:{tmp_path / 'ann.json'}:{tmp_path / 'images'}")
+    samples = list(dataset)
+    assert [s.name for s in samples] == ["a#10", "a#13", "b#20"]
+    # several instances of one image from one read of it (a training step's `data.instances_per_image`)
+    assert sorted(s.name for s in dataset.instances(0, 3, np.random.default_rng(0))) == ["a#10", "a#13"]
     assert samples[0].mask[30, 30] and not samples[0].mask[80, 100] and samples[0].mask.shape == (100, 120)
-    assert len(list(load_dataset(f"lvis:{tmp_path / 'ann.json'}:{tmp_path / 'images'}"))) == 2
+    assert len(list(load_dataset(f"lvis:{tmp_path / 'ann.json'}:{tmp_path / 'images'}"))) == 3
     with pytest.raises(DatasetError, match="not readable"):
         load_dataset(f"coco:{tmp_path / 'images' / 'a.jpg'}:{tmp_path / 'images'}")

@@ -9,11 +9,17 @@ A dataset is named by a spec string, the same everywhere (`nas search --data`, `
   annotations (pycocotools reads both formats); every instance is one sample. Crowd regions are
   skipped, and so are tiny instances: area below `MIN_INSTANCE_PX` pixels or below
   `MIN_INSTANCE_FRACTION` of the image (a tap on them is not a meaningful one-tap selection);
+- `sa1b:PATH` — SA-1B's own layout: `sa_N.jpg` beside `sa_N.json` (the image's record and its
+  masks as COCO RLE); one image is one sample, its instance drawn among the masks that pass the same
+  size rule as COCO's (`instances(i, k, rng)` draws several from one decoding of the image);
 - `folder:PATH` — unlabeled images (any of IMAGE_SUFFIXES, recursively): no masks, the teacher makes
   the targets (`nas distill` only);
 - `synthetic:N[:SIZE]` — N generated images of SIZE px (default 96) with one filled shape each.
 
-An unreadable image or mask is skipped with a counted warning, never a crash mid-epoch.
+Every dataset is a map-style `torch.utils.data.Dataset` that keeps only file names and annotation
+records: `dataset[i]` reads and decodes sample i when it is asked for (in a `DataLoader` worker
+during training), and is None, with a counted warning, when that image or mask cannot be read.
+Iterating yields the readable samples in order.
 """
 
 from __future__ import annotations
@@ -24,9 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from torch.utils.data import Dataset
 
 from search_spaces.common.errors import TraceNASError
-from search_spaces.common.limits import read_image
+from search_spaces.common.files import read_text
+from search_spaces.common.limits import parse_json, read_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 MIN_INSTANCE_PX = 32 * 32
@@ -57,7 +65,41 @@ def decode_mask(kind: str, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | No
     return raw.max(axis=2) > 0, None
 
 
-class FolderDataset:
+class SampleDataset(Dataset):
+    """A map-style dataset of `Sample`s that decodes on access; subclasses implement `load`."""
+
+    skipped = 0  # unreadable samples met so far (in this process)
+    labelled = True  # samples carry instance masks
+
+    def load(self, index: int, rng: np.random.Generator | None = None) -> Sample:
+        raise NotImplementedError
+
+    def name(self, index: int) -> str:
+        raise NotImplementedError
+
+    def instances(self, index: int, k: int, rng: np.random.Generator) -> list[Sample]:
+        """Up to `k` instances of image `index` from one read of it (one, except where an image holds many)."""
+        return [self.load(index, rng)]
+
+    def read(self, index: int, k: int = 1, rng: np.random.Generator | None = None) -> list[Sample]:
+        """`instances`, or [] with a counted warning when the files cannot be read."""
+        try:
+            return self.instances(index, k, rng) if rng is not None else [self.load(index)]
+        except (OSError, ValueError) as err:
+            self.skipped += 1
+            _skip(self.name(index), err, self.skipped)
+            return []
+
+    def __getitem__(self, index: int) -> Sample | None:
+        samples = self.read(index)
+        return samples[0] if samples else None
+
+    def __iter__(self) -> Iterator[Sample]:
+        for index in range(len(self)):
+            yield from self.read(index)
+
+
+class FolderDataset(SampleDataset):
     """Image/mask pairs of an interactive benchmark folder (GrabCut or DAVIS layout)."""
 
     LAYOUTS = {"grabcut": ("data_GT", "boundary_GT", ".bmp"), "davis": ("img", "gt", ".png")}
@@ -72,30 +114,27 @@ class FolderDataset:
         self.pairs = [(i, m) for i, m in self.pairs if m.is_file()][:limit]
         if not self.pairs:
             raise DatasetError(f"{root}: no image with a matching mask in {images}/ and {masks}/")
-        self.skipped = 0
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __iter__(self) -> Iterator[Sample]:
-        for image_path, mask_path in self.pairs:
-            try:
-                image = read_image(image_path)
-                raw = read_image(mask_path, "mask", scale_bit_depth=False)  # palette and grey made colour
-                if image.shape[:2] != raw.shape[:2]:
-                    raise DatasetError(f"mask {raw.shape[:2]} and image {image.shape[:2]} differ in size")
-            except (OSError, ValueError) as err:
-                self.skipped += 1
-                _skip(image_path.name, err, self.skipped)
-                continue
-            yield Sample(image_path.stem, image, *decode_mask(self.kind, raw))
+    def name(self, index: int) -> str:
+        return self.pairs[index][0].name
+
+    def load(self, index: int, rng: np.random.Generator | None = None) -> Sample:
+        image_path, mask_path = self.pairs[index]
+        image = read_image(image_path)
+        raw = read_image(mask_path, "mask", scale_bit_depth=False)  # palette and grey made colour
+        if image.shape[:2] != raw.shape[:2]:
+            raise DatasetError(f"mask {raw.shape[:2]} and image {image.shape[:2]} differ in size")
+        return Sample(image_path.stem, image, *decode_mask(self.kind, raw))
 
 
 def _skip(name: str, err: Exception, count: int) -> None:
     warnings.warn(f"skipping {name} ({count} skipped so far): {err}", stacklevel=3)
 
 
-class InstanceAnnotations:
+class InstanceAnnotations(SampleDataset):
     """COCO / LVIS instance annotations: each kept instance of each image is one sample."""
 
     def __init__(self, annotations: str | Path, image_dir: str | Path, limit: int | None = None):
@@ -120,30 +159,41 @@ class InstanceAnnotations:
                 if not ann.get("iscrowd", 0) and ann.get("area", 0) >= min_area:
                     self.instances.append(ann)
         self.instances = self.instances[:limit]
+        self.by_image: dict[int, list[dict]] = {}
+        for ann in self.instances:
+            self.by_image.setdefault(ann["image_id"], []).append(ann)
         if not self.instances:
             raise DatasetError(f"{annotations}: no instance passes the size rule")
-        self.skipped = 0
 
     def __len__(self) -> int:
         return len(self.instances)
 
-    def __iter__(self) -> Iterator[Sample]:
-        for ann in self.instances:
-            info = self.coco.imgs[ann["image_id"]]
-            name = info.get("file_name") or Path(info.get("coco_url", "")).name  # LVIS names images by URL
-            try:
-                image = read_image(self.image_dir / name)
-                if image.shape[:2] != (info["height"], info["width"]):
-                    raise DatasetError(f"image is {image.shape[:2]}, annotations say {(info['height'], info['width'])}")
-            except (OSError, ValueError) as err:
-                self.skipped += 1
-                _skip(name, err, self.skipped)
-                continue
-            yield Sample(f"{Path(name).stem}#{ann['id']}", image, self.coco.annToMask(ann).astype(bool))
+    def name(self, index: int) -> str:
+        info = self.coco.imgs[self.instances[index]["image_id"]]
+        return info.get("file_name") or Path(info.get("coco_url", "")).name  # LVIS names images by URL
+
+    def load(self, index: int, rng: np.random.Generator | None = None) -> Sample:
+        return self.instances_of(index, [self.instances[index]])[0]
+
+    def instances(self, index: int, k: int, rng: np.random.Generator) -> list[Sample]:
+        """Instance `index` and up to k - 1 others of its image, from one read of the image."""
+        ann = self.instances[index]
+        others = [a for a in self.by_image[ann["image_id"]] if a is not ann]
+        picks = rng.choice(len(others), size=min(k - 1, len(others)), replace=False) if k > 1 and others else []
+        return self.instances_of(index, [ann] + [others[i] for i in picks])
+
+    def instances_of(self, index: int, anns: list[dict]) -> list[Sample]:
+        info, name = self.coco.imgs[anns[0]["image_id"]], self.name(index)
+        image = read_image(self.image_dir / name)
+        if image.shape[:2] != (info["height"], info["width"]):
+            raise DatasetError(f"image is {image.shape[:2]}, annotations say {(info['height'], info['width'])}")
+        return [Sample(f"{Path(name).stem}#{a['id']}", image, self.coco.annToMask(a).astype(bool)) for a in anns]
 
 
-class ImageFolder:
+class ImageFolder(SampleDataset):
     """Unlabeled images under a folder (recursively, sorted): samples without masks."""
+
+    labelled = False
 
     def __init__(self, root: str | Path, limit: int | None = None):
         self.root = Path(root)
@@ -152,55 +202,106 @@ class ImageFolder:
         self.paths = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
         if not self.paths:
             raise DatasetError(f"{root}: no image ({', '.join(IMAGE_SUFFIXES)}) in the folder")
-        self.skipped = 0
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __iter__(self) -> Iterator[Sample]:
-        for path in self.paths:
-            try:
-                image = read_image(path)
-            except (OSError, ValueError) as err:
-                self.skipped += 1
-                _skip(path.name, err, self.skipped)
-                continue
-            yield Sample(str(path.relative_to(self.root)), image, None)
+    def name(self, index: int) -> str:
+        return self.paths[index].name
+
+    def load(self, index: int, rng: np.random.Generator | None = None) -> Sample:
+        path = self.paths[index]
+        return Sample(str(path.relative_to(self.root)), read_image(path), None)
 
 
-class SyntheticShapes:
+class SyntheticShapes(SampleDataset):
     """Textured backgrounds with one filled ellipse or rectangle each; deterministic for a seed."""
 
     def __init__(self, n: int, size: int = 96, seed: int = 0):
         self.n, self.size, self.seed = n, size, seed
-        self.skipped = 0
 
     def __len__(self) -> int:
         return self.n
 
-    def __iter__(self) -> Iterator[Sample]:
-        for i in range(self.n):
-            rng = np.random.default_rng([self.seed, i])
-            s = self.size
-            yy, xx = np.mgrid[:s, :s]
-            cy, cx = rng.uniform(0.3, 0.7, 2) * s
-            ry, rx = rng.uniform(0.12, 0.3, 2) * s
-            if rng.random() < 0.5:
-                mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
-            else:
-                mask = (abs(yy - cy) <= ry) & (abs(xx - cx) <= rx)
-            background = rng.integers(0, 256, 3)
-            image = np.clip(background + rng.normal(0, 20, (s, s, 3)), 0, 255)
-            image[mask] = np.clip(rng.integers(0, 256, 3) + rng.normal(0, 20, (int(mask.sum()), 3)), 0, 255)
-            yield Sample(f"synthetic{i:05d}", image.astype(np.uint8), mask)
+    def name(self, index: int) -> str:
+        return f"synthetic{index:05d}"
+
+    def load(self, index: int, rng: np.random.Generator | None = None) -> Sample:
+        rng = np.random.default_rng([self.seed, index])  # the image is a function of its index alone
+        s = self.size
+        yy, xx = np.mgrid[:s, :s]
+        cy, cx = rng.uniform(0.3, 0.7, 2) * s
+        ry, rx = rng.uniform(0.12, 0.3, 2) * s
+        if rng.random() < 0.5:
+            mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+        else:
+            mask = (abs(yy - cy) <= ry) & (abs(xx - cx) <= rx)
+        background = rng.integers(0, 256, 3)
+        image = np.clip(background + rng.normal(0, 20, (s, s, 3)), 0, 255)
+        image[mask] = np.clip(rng.integers(0, 256, 3) + rng.normal(0, 20, (int(mask.sum()), 3)), 0, 255)
+        return Sample(self.name(index), image.astype(np.uint8), mask)
+
+
+class SA1B(SampleDataset):
+    """SA-1B's folder layout: `sa_N.jpg` and `sa_N.json` (`{"image": {...}, "annotations": [{"segmentation":
+    COCO RLE, "area", "id", ...}]}`). Only the file names are kept; a sample's JSON is parsed and its
+    masks decoded (pycocotools) when it is read."""
+
+    def __init__(self, root: str | Path, limit: int | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(f"{root}: no such SA-1B folder")
+        self.stems = sorted(p.stem for p in self.root.glob("sa_*.json") if (self.root / f"{p.stem}.jpg").is_file())
+        self.stems = self.stems[:limit]
+        if not self.stems:
+            raise DatasetError(f"{root}: no sa_N.jpg with its sa_N.json (SA-1B's layout)")
+
+    def __len__(self) -> int:
+        return len(self.stems)
+
+    def name(self, index: int) -> str:
+        return f"{self.stems[index]}.jpg"
+
+    def _records(self, index: int) -> tuple[np.ndarray, list[dict]]:
+        stem = self.stems[index]
+        record = parse_json(read_text(self.root / f"{stem}.json", "SA-1B annotation"), f"{stem}.json", DatasetError)
+        image = read_image(self.root / f"{stem}.jpg")
+        h, w = image.shape[:2]
+        try:
+            min_area = max(MIN_INSTANCE_PX, MIN_INSTANCE_FRACTION * h * w)
+            kept = [a for a in record["annotations"] if a.get("area", 0) >= min_area
+                    and list(a["segmentation"]["size"]) == [h, w]]
+        except (KeyError, TypeError) as err:
+            raise DatasetError(f"{stem}.json: not an SA-1B annotation record ({err})") from None
+        if not kept:
+            raise DatasetError(f"{stem}.json: no mask passes the size rule")
+        return image, kept
+
+    def instances(self, index: int, k: int, rng: np.random.Generator) -> list[Sample]:
+        from pycocotools import mask as rle
+
+        image, kept = self._records(index)
+        picks = rng.choice(len(kept), size=min(k, len(kept)), replace=False)
+        return [Sample(f"{self.stems[index]}#{kept[i].get('id', i)}", image,
+                       rle.decode(_rle(kept[i]["segmentation"])).astype(bool)) for i in picks]
+
+    def load(self, index: int, rng: np.random.Generator | None = None) -> Sample:
+        return self.instances(index, 1, rng or np.random.default_rng(index))[0]
+
+
+def _rle(segmentation: dict) -> dict:
+    counts = segmentation["counts"]
+    return {"size": segmentation["size"], "counts": counts.encode() if isinstance(counts, str) else counts}
 
 
 def load_dataset(spec: str, limit: int | None = None
-                 ) -> FolderDataset | InstanceAnnotations | ImageFolder | SyntheticShapes:
+                 ) -> SampleDataset:
     """The dataset a spec names (see the module docstring)."""
     kind, _, rest = spec.partition(":")
     if kind == "folder" and rest:
         return ImageFolder(rest, limit)
+    if kind == "sa1b" and rest:
+        return SA1B(rest, limit)
     if kind in ("coco", "lvis"):
         annotations, sep, image_dir = rest.rpartition(":")
         if not sep or not annotations:
@@ -217,7 +318,7 @@ def load_dataset(spec: str, limit: int | None = None
             raise DatasetError(f"dataset spec {spec!r}: need N >= 1 images of SIZE >= 32 px")
         return SyntheticShapes(min(n, limit or n), size)
     raise DatasetError(f"unknown dataset spec {spec!r}; use grabcut:PATH, davis:PATH, coco:ANN.json:IMAGES, "
-                       "lvis:ANN.json:IMAGES, folder:PATH or synthetic:N[:SIZE]")
+                       "lvis:ANN.json:IMAGES, sa1b:PATH, folder:PATH or synthetic:N[:SIZE]")
 
 
 def labelled(samples: Iterable[Sample], spec: str) -> list[Sample]:

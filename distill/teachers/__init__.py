@@ -13,6 +13,8 @@ Every teacher has an `id` (it keys the on-disk cache) and two calls:
 
 from __future__ import annotations
 
+import torch
+
 from distill.teachers.base import Teacher, TeacherError, at_size, load_weights
 from distill.teachers.ground_truth import GroundTruthTeacher
 from distill.teachers.sam import SamTeacher
@@ -22,16 +24,17 @@ from distill.teachers.student import StudentTeacher
 __all__ = ["Teacher", "TeacherError", "at_size", "build_teacher", "load_weights"]
 
 
-def build_teacher(spec: str) -> Teacher:
+def build_teacher(spec: str, device: str | torch.device = "cpu") -> Teacher:
+    """The teacher `spec` names, its network on `device`."""
     kind, _, rest = spec.partition(":")
     if kind == "gt" and not rest:
         return GroundTruthTeacher()
     if kind == "sam":
         model_type, _, checkpoint = rest.partition(":")
-        return SamTeacher.build(model_type, checkpoint or None)
+        return SamTeacher.build(model_type, checkpoint or None).to(device)
     if kind == "sam2":
         size, _, checkpoint = rest.partition(":")
-        return Sam2Teacher.build(size, checkpoint or None)
+        return Sam2Teacher.build(size, checkpoint or None).to(device)
     if kind == "tracenas" and rest:
         return StudentTeacher(rest)
     raise TeacherError(f"unknown teacher {spec!r}; use gt, sam:vit_b|vit_l|vit_h:CHECKPOINT, sam:tiny, "

@@ -7,6 +7,7 @@ image encoding is worth keeping (SAM's ViT features). Files are written atomical
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 from pathlib import Path
@@ -27,11 +28,22 @@ def image_digest(image: np.ndarray) -> str:
 
 
 class TeacherCache:
-    def __init__(self, root: str | Path, teacher: Teacher):
-        self.teacher = teacher
+    """`teacher` answers on `device`, in inference mode and, on CUDA, in the training's autocast dtype; each
+    image is encoded once per training step (`begin_step`) however many click rounds follow."""
+
+    def __init__(self, root: str | Path, teacher: Teacher, device: str | torch.device = "cpu",
+                 amp_dtype: torch.dtype | None = None):
+        self.teacher, self.device = teacher, torch.device(device)
+        self.amp_dtype = amp_dtype if self.device.type == "cuda" else None
         self.root = Path(root) / hashlib.sha1(teacher.id.encode()).hexdigest()[:16]
         self.hits = self.misses = 0
-        self._last: tuple[str, Any] | None = None  # the current image's encoding
+        self._encoded_now: dict[str, Any] = {}  # this step's images, by content hash
+
+    def begin_step(self) -> None:
+        self._encoded_now.clear()
+
+    def _running(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
     def _path(self, digest: str, name: str) -> Path:
         return self.root / digest[:2] / name
@@ -46,7 +58,9 @@ class TeacherCache:
             self.hits += 1
             return np.load(path).astype(np.float32)
         self.misses += 1
-        logits = self.teacher.predict(self._encoded(sample, digest), clicks).astype(np.float16)
+        with torch.inference_mode(), self._running():
+            logits = np.asarray(self.teacher.predict(self._encoded(sample, digest), clicks), np.float32)
+        logits = logits.astype(np.float16)
         atomic_write(path, lambda f: np.save(f, logits))
         return logits.astype(np.float32)  # the value a later hit reads, so runs do not depend on the cache
 
@@ -55,20 +69,22 @@ class TeacherCache:
         embed = getattr(self.teacher, "embedding", None)
         if embed is None:
             raise InvalidValueError(f"teacher {self.teacher.id} has no image embedding to distil features from")
-        return embed(self._encoded(sample, image_digest(sample.image)))
+        # a normal tensor (not an inference one): it is a regression target inside the autograd graph
+        return embed(self._encoded(sample, image_digest(sample.image))).clone()
 
     def _encoded(self, sample: Sample, digest: str) -> Any:
-        if self._last is not None and self._last[0] == digest:
-            return self._last[1]
+        if digest in self._encoded_now:
+            return self._encoded_now[digest]
         save, load = getattr(self.teacher, "save_encoded", None), getattr(self.teacher, "load_encoded", None)
         path = self._path(digest, f"{digest}.embedding.pt")
         if load is not None and path.is_file():
-            encoded = load(torch.load(path, map_location="cpu", weights_only=True))
+            encoded = load(torch.load(path, map_location=self.device, weights_only=True))
         else:
-            encoded = self.teacher.encode(sample)
+            with torch.inference_mode(), self._running():
+                encoded = self.teacher.encode(sample)
             if save is not None:
                 buffer = io.BytesIO()
                 torch.save(save(encoded), buffer)
                 atomic_write(path, lambda f: f.write(buffer.getvalue()))
-        self._last = (digest, encoded)
+        self._encoded_now[digest] = encoded
         return encoded

@@ -68,7 +68,11 @@ class SamTeacher:
         load_weights(sam, checkpoint, f"SAM {model_type}")
         return cls(sam, f"sam:{model_type}:{file_digest(checkpoint)}")
 
-    @torch.no_grad()
+    def to(self, device: str | torch.device) -> SamTeacher:
+        self.predictor.model.to(device)
+        return self
+
+    @torch.inference_mode()
     def encode(self, sample: Sample) -> SamEncoded:
         self.predictor.set_image(sample.image)
         return SamEncoded(self.predictor.features, self.predictor.original_size, self.predictor.input_size)
@@ -81,13 +85,14 @@ class SamTeacher:
 
     def save_encoded(self, encoded: SamEncoded) -> dict:
         """The ViT features (float16) and sizes, for the on-disk embedding cache."""
-        return {"features": encoded.features.half(), "original_size": list(encoded.original_size),
+        return {"features": encoded.features.half().cpu(), "original_size": list(encoded.original_size),
                 "input_size": list(encoded.input_size)}
 
     def load_encoded(self, saved: dict) -> SamEncoded:
-        return SamEncoded(saved["features"].float(), tuple(saved["original_size"]), tuple(saved["input_size"]))
+        return SamEncoded(saved["features"].float().to(self.predictor.device), tuple(saved["original_size"]),
+                          tuple(saved["input_size"]))
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict(self, encoded: SamEncoded, clicks: list[Click]) -> np.ndarray:
         p = self.predictor
         p.features, p.original_size, p.input_size, p.is_image_set = (

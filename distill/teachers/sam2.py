@@ -57,7 +57,12 @@ class Sam2Teacher:
         load_weights(model, checkpoint, f"SAM 2 {size}", key="model")  # official files: {"model": state_dict}
         return cls(model, f"sam2:{size}:{file_digest(checkpoint)}")
 
-    @torch.no_grad()
+    def to(self, device: str | torch.device) -> Sam2Teacher:
+        self.predictor.model.to(device)
+        self.predictor.device = torch.device(device)
+        return self
+
+    @torch.inference_mode()
     def encode(self, sample: Sample) -> Sam2Encoded:
         self.predictor.set_image(sample.image)
         features = self.predictor._features
@@ -68,14 +73,15 @@ class Sam2Teacher:
         return encoded.image_embed[0]
 
     def save_encoded(self, encoded: Sam2Encoded) -> dict:
-        return {"image_embed": encoded.image_embed.half(), "high_res_feats": [f.half() for f in encoded.high_res_feats],
-                "orig_hw": list(encoded.orig_hw)}
+        return {"image_embed": encoded.image_embed.half().cpu(),
+                "high_res_feats": [f.half().cpu() for f in encoded.high_res_feats], "orig_hw": list(encoded.orig_hw)}
 
     def load_encoded(self, saved: dict) -> Sam2Encoded:
-        return Sam2Encoded(saved["image_embed"].float(), [f.float() for f in saved["high_res_feats"]],
-                           tuple(saved["orig_hw"]))
+        device = self.predictor.device
+        return Sam2Encoded(saved["image_embed"].float().to(device),
+                           [f.float().to(device) for f in saved["high_res_feats"]], tuple(saved["orig_hw"]))
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict(self, encoded: Sam2Encoded, clicks: list[Click]) -> np.ndarray:
         p = self.predictor
         p._features = {"image_embed": encoded.image_embed, "high_res_feats": encoded.high_res_feats}

@@ -20,6 +20,8 @@ from search_spaces.common.files import read_text
 from search_spaces.common.limits import MAX_BATCH_SIZE, parse_yaml
 from search_spaces.space import UnknownSpaceError, get_space
 
+AMP_MODES = ("auto", "bf16", "fp16", "none")
+
 
 class ConfigError(TraceNASError, ValueError):
     """A malformed config file, an unknown key or a value of the wrong type."""
@@ -34,9 +36,11 @@ class StudentConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    train: str = "synthetic:64:96"  # grabcut:PATH | davis:PATH | synthetic:N[:SIZE]
+    train: str = "synthetic:64:96"  # grabcut:PATH | davis:PATH | sa1b:PATH | coco:... | synthetic:N[:SIZE]
     val: str | None = None
     limit: int | None = None  # at most this many training samples
+    workers: int = 2  # DataLoader worker processes that read, decode and resize (0: in the training process)
+    instances_per_image: int = 1  # instances a step takes from one read of an image (SA-1B holds many)
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,8 @@ class TrainConfig:
     warmup_steps: int = 0
     accumulate: int = 1  # gradient accumulation steps
     ema_decay: float = 0.0  # 0: no EMA
-    amp: bool = True  # mixed precision, used on GPU only
+    amp: str = "auto"  # auto (bf16 or fp16 on CUDA, off on CPU) | bf16 | fp16 (CUDA, with a grad scaler) | none
+    compile: bool = False  # torch.compile the model
     seed: int = 0
     checkpoint_every: int = 50
     log_every: int = 10
@@ -187,6 +192,30 @@ def _check_values(config: ExperimentConfig) -> None:
     except UnknownSpaceError as err:
         raise ConfigError(f"student.space: {err}") from None
     _check_device(config.train.device)
+    if config.train.amp not in AMP_MODES:
+        raise ConfigError(f"train.amp: expected one of {', '.join(AMP_MODES)}, got {config.train.amp!r}")
+    if config.data.workers < 0 or config.data.instances_per_image < 1:
+        raise ConfigError("data.workers must be >= 0 and data.instances_per_image >= 1")
+
+
+def resolve_device(device: str) -> torch.device:
+    """The device `train.device` names (`auto`: CUDA when there is one)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of `train.amp` on `device` (None: float32)."""
+    if amp == "none" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise ConfigError(f"train.amp=fp16 needs a CUDA device (train.device is {device}); use bf16 or none")
+        return torch.float16
+    if amp == "auto" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
 
 
 def _check_device(device: str) -> None:

@@ -1,17 +1,19 @@
 """Training engine for `nas distill` (one student) and `nas train-supernet` (sandwich rule).
 
-Each step draws a batch, places a first tap per sample (`TapMix`), then runs 0..max_rounds
-corrective rounds (TinySAM): the model predicts in eval mode without gradients, a click is put on
-its error against the teacher (RITM or uniform rule, EdgeSAM's prompt-in-the-loop) and the teacher
-re-answers for the longer click set. The model then learns the teacher's logits for the final
-click set. In supernet mode the largest subnet learns from the teacher and the smallest and random
-subnets learn from the largest's logits (in-place distillation, Once-for-All / BigNAS); all of a
-step's subnets see one input resolution, drawn from the space.
+Each step takes its batch from DataLoader workers (`distill.training.loader`: images read, resized
+and given a first tap per instance by `TapMix`), then runs 0..max_rounds corrective rounds
+(TinySAM): the model predicts in eval mode without gradients, a click is put on its error against
+the teacher (RITM or uniform rule, EdgeSAM's prompt-in-the-loop) and the teacher re-answers for the
+longer click set. The model then learns the teacher's logits for the final click set. In supernet
+mode the largest subnet learns from the teacher and the smallest and random subnets learn from the
+largest's logits (in-place distillation, Once-for-All / BigNAS); all of a step's subnets see one
+input resolution, drawn from the space.
 
-Optimiser and cosine schedule come from timm's factories, EMA from timm (`ModelEmaV3`); AMP is used
-on GPU. Checkpoints (`RUN_DIR/checkpoints/last.pt`) hold the model, optimiser, scheduler, EMA and
-torch random state; a step's batches and clicks are drawn from `default_rng([seed, rank, step])`,
-so a resumed run continues exactly where it stopped.
+Optimiser and cosine schedule come from timm's factories, EMA from timm (`ModelEmaV3`); autocast
+follows `train.amp`. Checkpoints (`RUN_DIR/checkpoints/last.pt`) hold the model, optimiser, EMA,
+torch random state and the step log; a step's batches and the loop's draws are functions of
+(seed, rank, step), so a resumed run continues exactly where it stopped, and one resumed with more
+steps re-plans its schedule over them.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from distill.data.prompts import Click, draw_rounds, error_click, hard_mask_weig
 from distill.teachers import at_size, build_teacher
 from distill.teachers.cache import TeacherCache
 from distill.training.batch import Prepared, click_tensor, network_mask, on_grid, prepare, to_image
-from distill.training.config import ConfigError, ExperimentConfig, StudentConfig
+from distill.training.config import ConfigError, ExperimentConfig, StudentConfig, amp_dtype, resolve_device
+from distill.training.loader import Batch, StepBatches, TrainItems, batch_loader
 from distill.training.losses import distill_losses, feature_loss, mask_iou
 from search_spaces.common.files import atomic_write, read_text
 from search_spaces.space import ArchConfig
@@ -81,21 +84,18 @@ class Trainer:
         self.config, self.run_dir, self.supernet_mode = config, Path(run_dir), supernet
         self.rank, self.world_size, self.progress = rank, world_size, progress and rank == 0
         train = config.train
-        self.device = torch.device("cuda" if train.device == "auto" and torch.cuda.is_available() else
-                                   "cpu" if train.device == "auto" else train.device)
+        self.device = resolve_device(train.device)
         torch.manual_seed(train.seed)  # the same initial weights on every rank
         self.rng = self._step_rng(0)
         self.tap_mix = config.prompts.tap_mix
-        self.samples = [s for s in load_dataset(config.data.train, config.data.limit)
-                        if s.mask is None or s.mask.any()]
-        if not self.samples:
-            raise ConfigError(f"dataset {config.data.train!r} has no sample with a non-empty instance mask")
-        if config.teacher == "gt" and any(s.mask is None for s in self.samples):
+        self.dataset = load_dataset(config.data.train, config.data.limit)  # file names; read by the workers
+        if config.teacher == "gt" and not self.dataset.labelled:
             raise ConfigError(f"teacher gt needs labelled data; {config.data.train!r} is unlabeled (use a SAM "
                               "or TraceNAS teacher)")
         self.val = labelled(load_dataset(config.data.val), config.data.val) if config.data.val else []
         self.teacher = TeacherCache(config.teacher_cache or self.run_dir / "teacher_cache",
-                                    build_teacher(config.teacher))
+                                    build_teacher(config.teacher, self.device), self.device,
+                                    amp_dtype(train.amp, self.device))
         if supernet:
             self.model: torch.nn.Module = TraceNetSupernet(config.student.space)
             self.arch = ArchConfig.largest(config.student.space)
@@ -117,8 +117,10 @@ class Trainer:
         self.scheduler, _ = create_scheduler_v2(self.optimizer, train.sched, num_epochs=train.steps,
                                                 warmup_epochs=train.warmup_steps)
         self.ema = ModelEmaV3(self.module, decay=train.ema_decay) if train.ema_decay and not supernet else None
-        self.amp = train.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        self.amp_dtype = amp_dtype(train.amp, self.device)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        if train.compile:
+            self.model = torch.compile(self.model)
         self.step = 0
         self.history: list[StepLog] = []
         if resume:
@@ -135,7 +137,10 @@ class Trainer:
             raise ConfigError("loss.feature: feature distillation trains one student in one process "
                               "(not train-supernet, not --workers > 1)")
         try:
-            channels = self.teacher.embedding(self.samples[0]).shape[0]
+            first = next(iter(self.dataset), None)
+            if first is None:
+                raise ConfigError(f"dataset {self.config.data.train!r} has no readable sample")
+            channels = self.teacher.embedding(first).shape[0]
         except ValueError as err:
             raise ConfigError(f"loss.feature: {err}") from None
         self.module.trunk.fpn.register_forward_hook(lambda module, args, out: setattr(self, "_p3", out[0]))
@@ -150,8 +155,18 @@ class Trainer:
         return torch.stack(losses).mean()
 
     def _step_rng(self, step: int) -> np.random.Generator:
-        """Batches, taps and clicks of a step: a function of (seed, rank, step), so resuming is exact."""
+        """The training loop's draws of a step (subnets, click rounds, corrective clicks): a function of
+        (seed, rank, step), like the step's batches (`StepBatches`), so resuming is exact."""
         return np.random.default_rng([self.config.train.seed, self.rank, step])
+
+    def _loader(self) -> torch.utils.data.DataLoader:
+        """The remaining micro-batches of the run, read by `data.workers` worker processes."""
+        cfg = self.config
+        resolutions = self.arch.spec.resolutions if self.supernet_mode else (self.arch.resolution,)
+        batches = StepBatches(len(self.dataset), cfg.train.batch_size, cfg.train.accumulate, cfg.train.seed,
+                              self.rank, self.world_size, cfg.train.steps, self.step, resolutions)
+        items = TrainItems(self.dataset, self.tap_mix, cfg.data.instances_per_image)
+        return batch_loader(items, batches, cfg.data.workers, pin_memory=self.device.type == "cuda")
 
     def _instance(self, sample: Sample) -> np.ndarray:
         """The mask first taps are drawn in: the label, or for an unlabeled image the teacher's mask for a
@@ -168,7 +183,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- one step
     def _forward(self, x: torch.Tensor, clicks: torch.Tensor, arch: ArchConfig):
-        with torch.autocast("cuda", enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             if self.supernet_mode:
                 return self.model(x, clicks, arch)
             return self.model(x, clicks)
@@ -192,40 +207,41 @@ class Trainer:
                         teacher[i] = self.teacher.logits(p.sample, clicks[i])
         self.model.train()
 
-    def _step_losses(self) -> tuple[torch.Tensor, StepLog]:
+    def _step_losses(self, loaded: Batch) -> tuple[torch.Tensor, StepLog]:
         cfg = self.config
         archs = [self.arch]
-        resolution = self.arch.resolution
+        batch = [item.prepared for item in loaded.items]
+        resolution = loaded.images.shape[-1]
         if self.supernet_mode:
             spec = self.arch.spec
-            resolution = spec.resolutions[int(self.rng.integers(len(spec.resolutions)))]
             archs += [ArchConfig.smallest(spec)] + [ArchConfig.sample(self.rng, spec)
                                                     for _ in range(cfg.supernet.random_subnets)]
-        batch = [prepare(self.samples[i], resolution) for i in self.rng.integers(len(self.samples),
-                                                                                  size=cfg.train.batch_size)]
-        clicks = [[(*self.tap_mix.draw(self._instance(p.sample), self.rng), True)] for p in batch]
+        clicks = [[(*(item.tap or self.tap_mix.draw(self._instance(item.prepared.sample), self.rng)), True)]
+                  for item in loaded.items]
         teacher = [self.teacher.logits(p.sample, c) for p, c in zip(batch, clicks, strict=True)]
-        x = torch.stack([p.image for p in batch]).to(self.device)
+        x = loaded.images.to(self.device, non_blocking=True)
         self._simulate_clicks(batch, x, clicks, teacher)
         grid = resolution // MASK_STRIDE
         targets = torch.stack([on_grid(t, p, grid) for t, p in zip(teacher, batch, strict=True)]).to(self.device)
         click_rows = click_tensor(clicks, [p.scale for p in batch]).to(self.device)
         out = self._forward(x, click_rows, archs[0])
-        ious = mask_iou(out.logits.detach(), targets)
+        logits = out.logits.float()  # losses in float32 whatever the autocast dtype
+        ious = mask_iou(logits.detach(), targets)
         sample_weights = None
         if cfg.prompts.hard_mask_weight:
             sample_weights = torch.as_tensor(hard_mask_weights(ious.cpu().numpy(), cfg.prompts.hard_mask_weight),
                                              dtype=torch.float32, device=self.device)
-        losses = distill_losses(out.logits, targets, out.iou, self.config.loss, sample_weights)
+        losses = distill_losses(logits, targets, out.iou.float(), self.config.loss, sample_weights)
         if self.adapter is not None:
             losses["feature"] = self._feature_loss(batch)
             losses["total"] = losses["total"] + cfg.loss.feature * losses["feature"]
         total = losses["total"]
         for arch in archs[1:]:  # in-place distillation from the largest subnet
             sub = self._forward(x, click_rows, arch)
-            total = total + distill_losses(sub.logits, out.logits.detach(), sub.iou, self.config.loss)["total"]
+            total = total + distill_losses(sub.logits.float(), logits.detach(), sub.iou.float(),
+                                           self.config.loss)["total"]
         if self.writer is not None and self.step % cfg.train.image_every == 0:
-            self._log_image(batch[0], clicks[0], out.logits[0, 0].detach(), targets[0, 0])
+            self._log_image(batch[0], clicks[0], logits[0, 0].detach(), targets[0, 0])
         log = StepLog({k: float(v.detach()) for k, v in losses.items()}, float(ious.mean()),
                       float(np.mean([len(c) for c in clicks])))
         return total, log
@@ -239,12 +255,14 @@ class Trainer:
         self.val_before = self.validate(self.module) if validating and self.step == 0 else None
         bar = tqdm(total=cfg.steps, initial=self.step, desc="supernet" if self.supernet_mode else "distill",
                    unit="step", disable=not self.progress, dynamic_ncols=True)
+        batches = iter(self._loader())
         while self.step < cfg.steps:
             self.rng = self._step_rng(self.step)
+            self.teacher.begin_step()
             self.optimizer.zero_grad(set_to_none=True)
             logs = []
             for _ in range(cfg.accumulate):
-                total, log = self._step_losses()
+                total, log = self._step_losses(next(batches))
                 loss = total / cfg.accumulate
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
                 logs.append(log)
@@ -324,6 +342,7 @@ class Trainer:
         model.eval()
         ious = []
         for i, sample in enumerate(self.val):
+            self.teacher.begin_step()  # one image at a time: its encoding is not kept past it
             p = prepare(sample, self.arch.resolution)
             tap = [(*tap_interior(sample.mask, np.random.default_rng([self.config.train.seed, i])), True)]
             out = model(p.image[None].to(self.device), click_tensor([tap], [p.scale]).to(self.device))
