@@ -151,33 +151,33 @@ class InstanceAnnotations(SampleDataset):
                 self.coco = COCO(str(annotations))
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise DatasetError(f"{annotations}: not readable COCO/LVIS instance annotations ({err})") from None
-        self.instances = []
+        self.kept: list[dict] = []  # the instance annotations that pass the size rules
         for image_id in sorted(self.coco.imgs):
             info = self.coco.imgs[image_id]
             min_area = max(MIN_INSTANCE_PX, MIN_INSTANCE_FRACTION * info["height"] * info["width"])
             for ann in self.coco.loadAnns(self.coco.getAnnIds(imgIds=[image_id])):
                 if not ann.get("iscrowd", 0) and ann.get("area", 0) >= min_area:
-                    self.instances.append(ann)
-        self.instances = self.instances[:limit]
+                    self.kept.append(ann)
+        self.kept = self.kept[:limit]
         self.by_image: dict[int, list[dict]] = {}
-        for ann in self.instances:
+        for ann in self.kept:
             self.by_image.setdefault(ann["image_id"], []).append(ann)
-        if not self.instances:
+        if not self.kept:
             raise DatasetError(f"{annotations}: no instance passes the size rule")
 
     def __len__(self) -> int:
-        return len(self.instances)
+        return len(self.kept)
 
     def name(self, index: int) -> str:
-        info = self.coco.imgs[self.instances[index]["image_id"]]
+        info = self.coco.imgs[self.kept[index]["image_id"]]
         return info.get("file_name") or Path(info.get("coco_url", "")).name  # LVIS names images by URL
 
     def load(self, index: int, rng: np.random.Generator | None = None) -> Sample:
-        return self.instances_of(index, [self.instances[index]])[0]
+        return self.instances_of(index, [self.kept[index]])[0]
 
     def instances(self, index: int, k: int, rng: np.random.Generator) -> list[Sample]:
         """Instance `index` and up to k - 1 others of its image, from one read of the image."""
-        ann = self.instances[index]
+        ann = self.kept[index]
         others = [a for a in self.by_image[ann["image_id"]] if a is not ann]
         picks = rng.choice(len(others), size=min(k - 1, len(others)), replace=False) if k > 1 and others else []
         return self.instances_of(index, [ann] + [others[i] for i in picks])
