@@ -1,14 +1,13 @@
 """Distillation data at scale: SA-1B's layout, lazy map-style datasets read by DataLoader workers,
 seeded batches that resume exactly, teachers on the training device, bf16 autocast on CPU."""
 
-import json
+import importlib.util
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from pycocotools import mask as rle
 
 from distill.data import datasets
 from distill.data.datasets import SA1B, load_dataset
@@ -18,26 +17,15 @@ from distill.training.config import load_config
 from distill.training.engine import Trainer
 from distill.training.loader import StepBatches
 
+_spec = importlib.util.spec_from_file_location(
+    "distill_throughput", Path(__file__).resolve().parents[1] / "benchmarks" / "distill_throughput.py")
+throughput = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(throughput)
+
 
 def write_sa1b(folder, n, size=64):
-    """`n` SA-1B-format images (sa_N.jpg + sa_N.json) with three RLE masks each, written by pycocotools."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-        annotations = []
-        for k in range(3):
-            mask = np.zeros((size, size), np.uint8)
-            y, x = rng.integers(0, size // 2, 2)
-            mask[y:y + size // 2, x:x + size // 2] = 1
-            image[mask.astype(bool)] = 60 * k + 40
-            encoded = rle.encode(np.asfortranarray(mask))
-            annotations.append({"id": 10 * i + k, "area": int(mask.sum()), "bbox": [int(x), int(y), 32, 32],
-                                "segmentation": {"size": [size, size], "counts": encoded["counts"].decode()}})
-        Image.fromarray(image).save(folder / f"sa_{i}.jpg", quality=95)
-        (folder / f"sa_{i}.json").write_text(json.dumps({
-            "image": {"image_id": i, "width": size, "height": size, "file_name": f"sa_{i}.jpg"},
-            "annotations": annotations}))
+    """`n` SA-1B-format images (sa_N.jpg + sa_N.json), four RLE masks of a quarter of the image each."""
+    throughput.write_folder(folder, n, size)
     return folder
 
 
@@ -45,37 +33,24 @@ FAST = ["train.steps=4", "train.batch_size=2", "student.space=tracenet_tiny", "s
         "train.checkpoint_every=1", "data.workers=2", "data.instances_per_image=2"]
 
 
-def test_sa1b_folder_trains_and_resumes_to_the_same_next_step_loss(tmp_path, monkeypatch):
+def test_sa1b_folder_trains_and_resumes_to_the_same_next_step_loss(tmp_path, interrupted_and_resumed):
     data = write_sa1b(tmp_path / "sa1b", 6)
     sample = load_dataset(f"sa1b:{data}")[0]
     assert sample.mask.dtype == bool and sample.mask.sum() == 32 * 32  # decoded from COCO RLE
-    config = load_config(None, FAST + [f"data.train=sa1b:{data}"])
-    straight = Trainer(config, tmp_path / "a", progress=False)
-    straight.fit()
-    crashed = Trainer(config, tmp_path / "b", progress=False)
-    original = Trainer._step_losses
 
-    def crash_at_step_3(self, batch):
+    def two_instances_per_image(trainer, batch):
         assert len(batch.items) == 4  # two images, two instances from each read
-        if self.step == 2:
-            raise KeyboardInterrupt
-        return original(self, batch)
 
-    monkeypatch.setattr(Trainer, "_step_losses", crash_at_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        crashed.fit()
-    monkeypatch.setattr(Trainer, "_step_losses", original)
-    resumed = Trainer(config, tmp_path / "b", resume=True, progress=False)
-    assert resumed.step == 2
-    resumed.fit()
-    assert resumed.history[2].losses == straight.history[2].losses  # the next step after the crash
+    straight, resumed = interrupted_and_resumed(load_config(None, FAST + [f"data.train=sa1b:{data}"]),
+                                                two_instances_per_image)
+    assert resumed.history[2].losses == straight.history[2].losses  # the next step after the interruption
     assert resumed.history[-1].losses == straight.history[-1].losses
 
 
 def test_a_dataset_keeps_file_names_until_a_sample_is_read(tmp_path, monkeypatch):
-    data = write_sa1b(tmp_path / "sa1b", 200, size=32)
+    data = write_sa1b(tmp_path / "sa1b", 200)
     reads = []
-    monkeypatch.setattr(datasets, "read_image", lambda *a, **k: reads.append(a) or np.zeros((32, 32, 3), np.uint8))
+    monkeypatch.setattr(datasets, "read_image", lambda *a, **k: reads.append(a) or np.zeros((64, 64, 3), np.uint8))
     dataset = SA1B(data)
     assert len(dataset) == 200 and not reads  # nothing decoded or parsed yet
     assert len(pickle.dumps(dataset)) < 40 * 200  # what a worker receives: names, not pixels

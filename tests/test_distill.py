@@ -80,25 +80,8 @@ def test_smoke_config_learns(tmp_path, capsys):
     assert (tmp_path / "run" / "config.yaml").is_file() and any((tmp_path / "run" / "tensorboard").iterdir())
 
 
-def test_resume_gives_the_same_next_step_loss(tmp_path, monkeypatch):
-    config = load_config(None, FAST)
-    straight = Trainer(config, tmp_path / "a", progress=False)
-    straight.fit()
-    crashed = Trainer(config, tmp_path / "b", progress=False)
-    original = Trainer._step_losses
-
-    def crash_at_step_3(self, batch):
-        if self.step == 2:
-            raise KeyboardInterrupt
-        return original(self, batch)
-
-    monkeypatch.setattr(Trainer, "_step_losses", crash_at_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        crashed.fit()
-    monkeypatch.setattr(Trainer, "_step_losses", original)
-    resumed = Trainer(config, tmp_path / "b", resume=True, progress=False)
-    assert resumed.step == 2
-    resumed.fit()
+def test_resume_gives_the_same_next_step_loss(interrupted_and_resumed):
+    straight, resumed = interrupted_and_resumed(load_config(None, FAST))
     assert resumed.history[-1].losses == straight.history[-1].losses
 
 
