@@ -242,6 +242,22 @@ def bomb_in_dataset(tmp: Path) -> tuple[bool, str]:
         f"{len(samples)} read, {dataset.skipped} skipped: {said[0][:80] if said else 'no warning'}"
 
 
+def bomb_in_evaluation(tmp: Path) -> tuple[bool, str]:
+    for folder in ("img", "gt"):
+        (tmp / "davis" / folder).mkdir(parents=True)
+    for name, size in (("a", (64, 48)), ("bomb", (9000, 9000))):
+        Image.new("RGB", size).save(tmp / "davis" / "img" / f"{name}.png")
+        mask = Image.new("L", size)
+        mask.paste(1, (8, 8, 24, 24))
+        mask.save(tmp / "davis" / "gt" / f"{name}.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = nas("eval", "--teacher", "gt", "--dataset", f"davis:{tmp / 'davis'}", "--out", str(tmp / "e"),
+                     "--quiet")
+    ok, observed = one_line(*result, "could not be read")
+    return ok and not (tmp / "e").exists(), observed
+
+
 def sixteen_bit_dataset(tmp: Path) -> tuple[bool, str]:
     (tmp / "photos").mkdir()
     Image.fromarray(np.full((32, 32), 32768, np.uint16)).save(tmp / "photos" / "deep.png")
@@ -324,6 +340,8 @@ def cases(table: Path) -> list[Case]:
         Case("temp files of killed writers", "removed by the next write, live ones kept", stale_temps),
         Case("interrupted NSGA-II study", "no trial left RUNNING", lambda tmp: interrupted_nsga2(tmp, table)),
         Case("decompression bomb in a dataset", "skipped with a counted warning", bomb_in_dataset),
+        Case("decompression bomb in an evaluation set", "refused: one line, exit 2, nothing written",
+             bomb_in_evaluation),
         Case("16-bit image in a dataset", "scaled to 8 bits, not clipped", sixteen_bit_dataset),
         Case("demo: Content-Length -1 with a 1 MiB body", "400, body not read", demo_negative_length),
         Case("demo: 50 simultaneous predictions", "50 answers", demo_concurrent),

@@ -43,14 +43,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from distill.data.datasets import labelled, load_dataset
+    from distill.data.datasets import DatasetError, labelled, load_dataset
     from nas.evaluation.noc import noc_protocol
     from nas.evaluation.predictors import StudentPredictor, TeacherPredictor
     from nas.evaluation.report import write_report
     from nas.evaluation.tracenet import tracenet_protocol
 
     predictor = StudentPredictor(args.checkpoint, args.window) if args.checkpoint else TeacherPredictor(args.teacher)
-    samples = labelled(load_dataset(args.dataset, args.limit), args.dataset)
+    dataset = load_dataset(args.dataset, args.limit)
+    samples = labelled(dataset, args.dataset)
+    if dataset.skipped:  # a benchmark figure is over the whole set, or it is not that benchmark's figure
+        raise DatasetError(f"{dataset.skipped} image(s) of {args.dataset} could not be read (see the warnings "
+                           "above); an evaluation runs on every image")
     out = Path(args.out) if args.out else Path("runs") / "eval" / f"{args.protocol}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.protocol == "noc":
         result = noc_protocol(predictor, samples, args.max_clicks, progress=not args.quiet)
