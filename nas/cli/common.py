@@ -19,11 +19,8 @@ def positive_int(text: str) -> int:
 
 
 def port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid port: {text!r}") from None
-    if not 1 <= value <= 65535:
+    value = positive_int(text)
+    if value > 65535:
         raise argparse.ArgumentTypeError(f"a port is 1..65535, got {value}")
     return value
 
