@@ -16,7 +16,7 @@ from nas.latency.profiling.in_context import (
     unit_times,
 )
 from nas.latency.profiling.profiler import covering_archs
-from nas.latency.setting import REFERENCE_SETTING
+from nas.latency.setting import REFERENCE_SETTING, LatencySetting
 from nas.latency.table import LatencyTable
 from search_spaces.space import get_space
 from search_spaces.students.student import TraceNetStudent
@@ -26,10 +26,11 @@ TINY = "tracenet_tiny"
 
 @pytest.fixture(scope="module")
 def traced():
-    """A tiny covering program with SE blocks and residual crops, its op keys and ONNX graph."""
+    """A tiny covering program with SE blocks and residual crops (a fixed window), its op keys and ONNX graph."""
     arch = next(a for a in reversed(context_archs(TINY)) if a.se[0] and a.kernels[0][0] == 7)
-    keys = setting_op_keys(arch, REFERENCE_SETTING)
-    program = REFERENCE_SETTING.program(TraceNetStudent(arch))
+    windowed = LatencySetting(window=0.5)
+    keys = setting_op_keys(arch, windowed)
+    program = windowed.program(TraceNetStudent(arch))
     model = export_onnx(program, program.example_inputs())
     return arch, keys, program, model
 

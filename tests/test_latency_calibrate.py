@@ -73,7 +73,7 @@ def test_calibration_input_errors(base):
 
 def test_cli_calibrate_writes_a_calibrated_table(tmp_path, base, capsys):
     rng = np.random.default_rng(2)
-    archs = [ArchConfig.sample(rng, TINY) for _ in range(8)]
+    archs = [ArchConfig.sample(rng, TINY) for _ in range(12)]
     csv_path = tmp_path / "phone.csv"
     write_measurements(csv_path, archs, [_device_latency(base, a) for a in archs])
     base_path = base.save(tmp_path / "host.json")

@@ -169,7 +169,7 @@ def test_cli_predict_on_a_complete_table(tmp_path, capsys, tiny_keys):
     main(["space", "sample", "--n", "1", "--seed", "4", "--space", TINY])
     arch_file.write_text(capsys.readouterr().out.splitlines()[0])
     assert main(["latency", "predict", "--target", str(path), "--arch", str(arch_file), "--json",
-                 "--full-frame"]) == 0
+                 "--window", "full"]) == 0
     report = json.loads(capsys.readouterr().out)
     from nas.latency.op_keys import arch_op_keys
     from search_spaces import ArchConfig

@@ -116,7 +116,7 @@ def test_evolution_end_to_end_every_architecture_meets_the_budget(tmp_path, tiny
     assert best["budget_ms"] == BUDGET and best["predicted_latency_ms"] <= BUDGET
     assert best["score_kind"] == "proxy" and best["score_name"] == "naswot" and best["seed"] == 0
     assert best["table"]["name"] == "tiny-unit" and best["table"]["provenance"] == "measured"
-    assert best["latency_setting"]["tap"] == [0.5, 0.5] and best["latency_setting"]["window"] == 0.5
+    assert best["latency_setting"]["tap"] == [0.5, 0.5] and best["latency_setting"]["window"] == "full"
     assert best["score"] == max(c.score for c in result.front)
     with open(tmp_path / "run" / "pareto.csv") as f:
         rows = list(csv.DictReader(f))

@@ -1,4 +1,5 @@
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -146,3 +147,27 @@ def test_windowed_prediction_equals_the_full_frame_inside_the_window(fraction, c
     assert inside.any() and score_w == pytest.approx(score_f, abs=1e-4)
     core = inside & np.roll(inside, 8, 0) & np.roll(inside, -8, 0) & np.roll(inside, 8, 1) & np.roll(inside, -8, 1)
     assert core.any() and np.allclose(windowed[core], full[core], atol=1e-3)  # away from the interpolated edge
+
+
+def test_default_output_is_the_whole_object_in_every_path(tmp_path):
+    """Segmenter, the search's latency setting, the exported program and the CLIs share one default: the
+    whole output, so a mask reaches beyond TraceNet's old window of half the resolution."""
+    from nas.cli.main import main
+    from nas.latency.setting import REFERENCE_SETTING, LatencySetting
+    from nas.search.settings import SearchSettings
+    from search_spaces.students.student import DEFAULT_WINDOW
+
+    arch = ArchConfig.sample(3, TINY)
+    model = TraceNetStudent(dataclasses.replace(arch, resolution=128)).eval()
+    image = np.random.default_rng(2).integers(0, 255, size=(96, 128, 3), dtype=np.uint8)
+    default, _ = Segmenter(model).predict_logits(image, [(10.0, 10.0, True)])
+    windowed, _ = Segmenter(model, window=0.5).predict_logits(image, [(10.0, 10.0, True)])
+    outside_old_window = windowed < -1e3
+    assert outside_old_window.mean() > 0.5 and (default[outside_old_window] > -1e3).all()
+    assert DEFAULT_WINDOW is None and LatencySetting().window is None and REFERENCE_SETTING.window is None
+    assert SearchSettings(targets=("iphone13",), budgets_ms=(5.0,)).setting() == REFERENCE_SETTING
+    arch_file = tmp_path / "arch.json"
+    arch_file.write_text(model.arch.to_json())
+    assert main(["export", "--arch", str(arch_file), "--format", "torchscript", "--out", str(tmp_path / "x")]) == 0
+    exported = json.loads((tmp_path / "x" / "export.json").read_text())
+    assert exported["setting"]["window"] == "full", exported["setting"]

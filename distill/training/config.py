@@ -32,6 +32,9 @@ class StudentConfig:
     space: str = "tracenet_tiny"
     arch: str = "smallest"  # smallest | largest | sample:SEED | path to an arch / best_arch.json file
     init: str | None = None  # a student checkpoint to start from
+    # ImageNet weights for the backbone: for fixed:NAME, `timm` (timm's hub) or a timm weights file; for
+    # tracenet_mbv3, an Once-for-All MobileNetV3 supernet file or OFA model-zoo name (search_spaces.students.pretrained)
+    pretrained: str | None = None
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,8 @@ def _check_values(config: ExperimentConfig) -> None:
     except UnknownSpaceError as err:
         raise ConfigError(f"student.space: {err}") from None
     _check_device(config.train.device)
+    if config.student.init and config.student.pretrained:
+        raise ConfigError("student.init and student.pretrained both set the starting weights; keep one")
     if config.train.amp not in AMP_MODES:
         raise ConfigError(f"train.amp: expected one of {', '.join(AMP_MODES)}, got {config.train.amp!r}")
     if config.data.workers < 0 or config.data.instances_per_image < 1:

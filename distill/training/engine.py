@@ -43,6 +43,7 @@ from distill.training.losses import distill_losses, feature_loss, mask_iou
 from search_spaces.common.files import atomic_write, read_text
 from search_spaces.space import ArchConfig
 from search_spaces.students.checkpoint import load_student, read_payload, save_student, save_supernet
+from search_spaces.students.pretrained import pretrained_student, pretrained_supernet
 from search_spaces.students.segmenter import IMAGENET_MEAN, IMAGENET_STD
 from search_spaces.students.student import MASK_STRIDE, TraceNetStudent
 from search_spaces.students.supernet import TraceNetSupernet
@@ -96,12 +97,17 @@ class Trainer:
         self.teacher = TeacherCache(config.teacher_cache or self.run_dir / "teacher_cache",
                                     build_teacher(config.teacher, self.device), self.device,
                                     amp_dtype(train.amp, self.device))
+        pretrained = config.student.pretrained if not resume else None  # a resumed run loads its own state
         if supernet:
-            self.model: torch.nn.Module = TraceNetSupernet(config.student.space)
+            self.model: torch.nn.Module = (pretrained_supernet(config.student.space, pretrained) if pretrained
+                                           else TraceNetSupernet(config.student.space))
             self.arch = ArchConfig.largest(config.student.space)
         else:
             self.arch = resolve_arch(config.student)
-            self.model = load_student(config.student.init) if config.student.init else TraceNetStudent(self.arch)
+            if config.student.init:
+                self.model = load_student(config.student.init)
+            else:
+                self.model = pretrained_student(self.arch, pretrained) if pretrained else TraceNetStudent(self.arch)
             if self.model.arch != self.arch:
                 raise ConfigError(f"student.init holds {self.model.arch}, not the configured student.arch")
         self.model.to(self.device)

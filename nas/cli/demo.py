@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from nas.cli.common import port
+from nas.cli.common import port, window_fraction
 from search_spaces.common.errors import InvalidValueError
+from search_spaces.students.student import DEFAULT_WINDOW
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -13,13 +14,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo", help="serve a local page: pick an image, click, see the mask",
         description="Serve a page on http://HOST:PORT: pick one of the bundled photos or upload an image; left "
                     "click adds a positive click, right click or shift-click a negative one, Undo removes the "
-                    "last click. The mask is the student's, computed in its output window around the tap.",
+                    "last click. The mask is the student's, for the whole object (or its --window around the tap).",
         epilog="example: nas demo --checkpoint runs/distill/X/student.pt --port 8000")
     parser.add_argument("--checkpoint", required=True, help="student checkpoint (student.pt)")
     parser.add_argument("--port", type=port, default=8000, help="default %(default)s")
     parser.add_argument("--host", default="127.0.0.1", help="default %(default)s (this machine only)")
-    parser.add_argument("--window", type=float, default=0.5,
-                        help="output window side as a fraction of the resolution (default %(default)s)")
+    parser.add_argument("--window", type=window_fraction, default=DEFAULT_WINDOW,
+                        help="output window side as a fraction of the resolution, or 'full' (default full: the "
+                             "whole object)")
     parser.set_defaults(func=_demo)
 
 

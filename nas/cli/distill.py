@@ -38,6 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                             help="override a config key, e.g. --set train.lr=3e-4 (repeatable)")
         parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+        parser.add_argument("--pretrained", metavar="SOURCE",
+                            help="ImageNet start for the backbone (= --set student.pretrained=SOURCE): for "
+                                 "fixed:NAME students 'timm' or a timm weights file; for tracenet_mbv3 a Once-for-All "
+                                 "MobileNetV3 supernet file or its name (ofa_mbv3_d234_e346_k357_w1.0 / _w1.2)")
         parser.add_argument("--workers", type=positive_int, default=1,
                             help="data-parallel workers through Ray Train (default 1: this process)")
         parser.add_argument("--ray-address", help="Ray cluster address for --workers (default: local)")
@@ -62,6 +66,8 @@ def _config_path(name: str) -> Path:
 def _run(args: argparse.Namespace) -> int:
     from distill.training.engine import CONFIG_FILE, Trainer
 
+    if args.pretrained:
+        args.overrides = [*args.overrides, f"student.pretrained={args.pretrained}"]
     if args.resume:
         if args.config:
             raise InvalidValueError("--resume takes the run's own config.yaml; use --set to change train.steps")

@@ -17,8 +17,9 @@ def _add_model_and_setting(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=parse_image_size,
                         help="network input WIDTHxHEIGHT (default: 4:3 with the long side = resolution)")
     parser.add_argument("--tap", type=fraction_pair, default=(0.5, 0.5), help="tap as X,Y fractions (default 0.5,0.5)")
-    parser.add_argument("--window", type=window_fraction, default=0.5,
-                        help="output window as a fraction of the resolution, or 'full' (default 0.5)")
+    parser.add_argument("--window", type=window_fraction, default=LatencySetting.window,
+                        help="output window as a fraction of the resolution, or 'full' (default full: the whole "
+                             "object)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 

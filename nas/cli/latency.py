@@ -8,7 +8,7 @@ from datetime import date
 from pathlib import Path
 
 from nas import __version__
-from nas.cli.common import positive_int, read_arch
+from nas.cli.common import positive_int, read_arch, window_fraction
 from nas.latency.calibrate import calibrate, calibrate_archs, read_measurements, read_published, write_measurements
 from nas.latency.importers import FORMATS, check_ofa_net, import_tables
 from nas.latency.predict import predict_latency
@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict = actions.add_parser(
         "predict", help="sum a table over the traced op keys of an architecture",
         description="Trace the architecture at the reference setting (a 4:3 image whose long side is the "
-                    "arch's resolution, tap at the centre, output window of half the resolution), fuse its "
+                    "arch's resolution, tap at the centre, the whole output), fuse its "
                     "ops into the units a runtime executes and sum their latencies from the table. Shapes "
                     "between the table's measured shapes are interpolated in output area; an op "
                     "configuration the table lacks is an error that names it.",
@@ -47,9 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--target", required=True, help="shipped table name or table .json path")
     predict.add_argument("--arch", required=True, help="architecture JSON (bare ArchConfig or a result with 'arch')")
     predict.add_argument("--image-size", type=parse_image_size, help="network input WIDTHxHEIGHT (multiples of 32)")
-    predict.add_argument("--window", type=float, default=LatencySetting.window,
-                         help="output window side as a fraction of the resolution (default %(default)s)")
-    predict.add_argument("--full-frame", action="store_true", help="price the full forward pass (no cropping)")
+    predict.add_argument("--window", type=window_fraction, default=LatencySetting.window,
+                         help="output window side as a fraction of the resolution, or 'full' (default full: the "
+                              "whole object)")
     predict.add_argument("--json", action="store_true", help="print one JSON object")
     predict.set_defaults(func=_predict)
 
@@ -137,7 +137,7 @@ def _tables(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     arch = read_arch(args.arch)
     table = resolve_target(args.target)
-    setting = LatencySetting(image_size=args.image_size, window=None if args.full_frame else args.window)
+    setting = LatencySetting(image_size=args.image_size, window=args.window)
     result = predict_latency(arch, table, setting)
     report = {"target": table.name, "provenance": table.provenance,
               "calibration_error": (table.calibration or {}).get("loo_mape"),

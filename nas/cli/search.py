@@ -47,8 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Latency-aware search over the weight-sharing space: every candidate is traced into the op "
                     "keys one tap runs, priced on the target's latency table (the constraint) and scored. The "
                     "latency is for a reference setting: a 4:3 image whose long side is the arch's resolution "
-                    "(or --image-size), one tap at the image centre (--tap) and an output window of half the "
-                    "resolution (--window). Without --supernet or --predictor the score is the NASWOT "
+                    "(or --image-size), one tap at the image centre (--tap) and the whole output (--window 0.5 "
+                    "prices TraceNet's fixed window of half the resolution instead). Without --supernet or "
+                    "--predictor the score is the NASWOT "
                     "training-free proxy on real photos: it ranks architectures, it is not an accuracy.")
     parser.add_argument("--target", help="latency table name (nas latency tables) or .json path; comma-separate "
                                          "several targets")
@@ -69,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tap", type=fraction_pair, help="tap position as X,Y fractions of the image "
                                                            "(default 0.5,0.5)")
     parser.add_argument("--window", type=window_fraction, help="output window side as a fraction of the resolution, or "
-                                                       "'full' (default 0.5)")
+                                                       "'full' (default full: the whole object)")
     score = parser.add_argument_group("score (default: the NASWOT training-free proxy on real photos)")
     score.add_argument("--supernet", metavar="CKPT", help="score = mIoU-T of each subnet under this supernet "
                                                           "checkpoint, BN recalibrated per subnet (needs --data)")

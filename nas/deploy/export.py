@@ -2,7 +2,7 @@
 
 The program is frozen to one setting, the same reference setting latencies are quoted for
 (`LatencySetting`: by default a 4:3 image whose long side is the resolution, the tap at the image
-centre, an output window of half the resolution). Its inputs are the image cropped to the traced
+centre, the whole output). Its inputs are the image cropped to the traced
 input region (1, 3, h, w), normalised as `Segmenter` does, and a fixed number of click rows
 (1, N, 3) `[x, y, label]` in full-image pixels, the tap first and unused rows labelled -1; its
 outputs are the window's mask logits (1, 1, cells_h, cells_w) at stride 8 and the IoU logit.

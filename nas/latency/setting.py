@@ -3,8 +3,8 @@ size, where the tap falls and the output window it computes.
 
 Default: a landscape 4:3 photo resized so its long side is the architecture's resolution (network
 input W = resolution, H = 3/4 of it rounded to a multiple of 32), one tap at the image centre, and
-an output window of half the resolution (the `Segmenter` default). `image_size` fixes the network
-input size instead (e.g. 1024x768) for every architecture.
+the whole output (the `Segmenter` default; `window` prices TraceNet's fixed window instead).
+`image_size` fixes the network input size instead (e.g. 1024x768) for every architecture.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from search_spaces.common.errors import InvalidValueError
 from search_spaces.space import ArchConfig
-from search_spaces.students.student import DEFAULT_WINDOW_FRACTION, SIZE_MULTIPLE, TraceNetStudent
+from search_spaces.students.student import DEFAULT_WINDOW, SIZE_MULTIPLE, TraceNetStudent
 from search_spaces.students.traced_tap import TracedTap
 
 
@@ -32,7 +32,7 @@ def parse_image_size(text: str) -> tuple[int, int]:
 class LatencySetting:
     image_size: tuple[int, int] | None = None  # network input (width, height); None: from the resolution
     tap: tuple[float, float] = (0.5, 0.5)  # tap position as fractions of (width, height)
-    window: float | None = DEFAULT_WINDOW_FRACTION  # output window side / resolution; None: full frame
+    window: float | None = DEFAULT_WINDOW  # output window side / resolution; None: the whole output
 
     def __post_init__(self) -> None:
         if self.window is not None and not 0 < self.window <= 1:

@@ -8,7 +8,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from nas.latency.setting import LatencySetting
+from nas.latency.setting import REFERENCE_SETTING, LatencySetting
 from nas.search.algorithms import Evolution, OptunaSearch
 from search_spaces.common.errors import InputFileError, InvalidValueError
 from search_spaces.common.files import read_text
@@ -44,7 +44,7 @@ class SearchSettings:
     scorer: dict = field(default_factory=lambda: {"name": "naswot"})
     image_size: tuple[int, int] | None = None
     tap: tuple[float, float] = (0.5, 0.5)
-    window: float | None = 0.5
+    window: float | None = REFERENCE_SETTING.window
     workers: int = 1
     ray_address: str | None = None
     storage: str | None = None  # Optuna RDB URL; None: sqlite study.db in the run directory

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from search_spaces.students.student import DEFAULT_WINDOW_FRACTION, TraceNetStudent, tap_window
+from search_spaces.students.student import TRACENET_WINDOW_FRACTION, TraceNetStudent, tap_window
 
 
 def count_params(module: nn.Module) -> int:
@@ -31,6 +31,6 @@ def arch_complexity(model: TraceNetStudent) -> dict:
     """Params and FLOPs of one centre tap on a square image at the architecture's resolution,
     full frame and traced to the default output window."""
     r = model.arch.resolution
-    window = round(DEFAULT_WINDOW_FRACTION * r)
+    window = round(TRACENET_WINDOW_FRACTION * r)
     return {"params": count_params(model), "image_hw": [r, r], "window_px": window,
             "flops": student_flops(model, (r, r)), "flops_traced": student_flops(model, (r, r), window_px=window)}

@@ -8,7 +8,7 @@ import torch
 from search_spaces.space import ArchConfig, UnknownSpaceError
 from search_spaces.space.fixed import FIXED_PREFIX
 from search_spaces.students.complexity import arch_complexity
-from search_spaces.students.student import DEFAULT_WINDOW_FRACTION, TraceNetStudent, output_cells
+from search_spaces.students.student import TRACENET_WINDOW_FRACTION, TraceNetStudent, output_cells
 from search_spaces.tracing.tracer import TracingError
 
 
@@ -28,7 +28,7 @@ def describe_fixed(name: str, flops: bool = False) -> dict:
     r = arch.resolution
     try:
         plan = model.plan((r, r), (r / 2, r / 2), output_cells((r, r), (r / 2, r / 2),
-                                                              round(DEFAULT_WINDOW_FRACTION * r)))
+                                                              round(TRACENET_WINDOW_FRACTION * r)))
     except TracingError as err:
         info["tracing"] = f"disabled: {str(err).splitlines()[0][:120]}"
         return info

@@ -3,8 +3,8 @@
 Resize policy: the image is resized (bilinear, antialiased) so that its long side equals the
 architecture's `resolution`, normalised with ImageNet statistics, and zero-padded at the bottom and
 right to multiples of 32. The mask logits (stride 8) are upsampled back to the original size.
-Only an output window around the tap is computed (receptive-field tracing): by default a square of
-half the network resolution; `window=None` computes the whole frame.
+By default the whole object is computed (`window=None`); `window=0.5` computes only a square of half
+the network resolution around the tap (receptive-field tracing), and the mask is empty outside it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from search_spaces.modules.head import NEGATIVE, POSITIVE, TapOutput
 from search_spaces.students.checkpoint import load_student
 from search_spaces.students.fusion import optimise_for_inference
 from search_spaces.students.student import (
-    DEFAULT_WINDOW_FRACTION,
+    DEFAULT_WINDOW,
     MASK_STRIDE,
     SIZE_MULTIPLE,
     TraceNetStudent,
@@ -58,7 +58,7 @@ def resize_long_side(image: np.ndarray, resolution: int, device: str | torch.dev
 
 
 class Segmenter:
-    def __init__(self, model: TraceNetStudent, window: float | None = DEFAULT_WINDOW_FRACTION,
+    def __init__(self, model: TraceNetStudent, window: float | None = DEFAULT_WINDOW,
                  device: str | torch.device = "cpu"):
         """`window`: side of the computed output square as a fraction of the network resolution."""
         if window is not None and not 0 < window <= 1:

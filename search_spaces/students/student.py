@@ -26,7 +26,11 @@ from search_spaces.tracing.tracer import ReceptiveFieldTracer, TracePlan
 MASK_STRIDE = 8  # P3: the mask logits' stride
 TAP_STRIDE = 32  # P5: where the controller reads the tap
 SIZE_MULTIPLE = 32
-DEFAULT_WINDOW_FRACTION = 0.5  # default output window side, as a fraction of the network resolution
+# The output a tap computes by default: the whole object (None: every output cell). A fraction of the
+# network resolution instead computes only a square window around the tap (TraceNet's fixed window);
+# `benchmarks/window_ceiling.py` measures what each choice caps IoU at and costs.
+DEFAULT_WINDOW: float | None = None
+TRACENET_WINDOW_FRACTION = 0.5  # TraceNet's fixed window, the one tracing reports quote their savings at
 
 
 class Trunk(nn.Module):

@@ -26,7 +26,7 @@ from search_spaces.tracing.box import Box
 SKELETON_CACHE_SIZE = 64
 
 
-def _transform_key(name: str, src: int, dst: int) -> str:
+def transform_key(name: str, src: int, dst: int) -> str:
     return f"{name.replace('.', '__')}__{src}to{dst}"
 
 
@@ -42,7 +42,7 @@ class TraceNetSupernet(nn.Module):
         for name, module in self.largest.named_modules():
             if _is_depthwise(module) and module.kernel_size[0] == kernels[-1]:
                 for src, dst in zip(kernels[:0:-1], kernels[-2::-1], strict=True):
-                    self.kernel_transforms[_transform_key(f"{name}.weight", src, dst)] = nn.Parameter(
+                    self.kernel_transforms[transform_key(f"{name}.weight", src, dst)] = nn.Parameter(
                         torch.eye(dst * dst))
         self._skeletons: OrderedDict[ArchConfig, TraceNetStudent] = OrderedDict()
 
@@ -81,7 +81,7 @@ class TraceNetSupernet(nn.Module):
                 break
             start = (src - dst) // 2
             centre = weight[:, :, start:start + dst, start:start + dst].reshape(-1, dst * dst)
-            matrix = self.kernel_transforms[_transform_key(name, src, dst)]
+            matrix = self.kernel_transforms[transform_key(name, src, dst)]
             weight = (centre @ matrix.T).reshape(weight.shape[0], weight.shape[1], dst, dst)
             src = dst
         return weight

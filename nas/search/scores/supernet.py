@@ -18,6 +18,7 @@ from search_spaces.modules.batchnorm import recalibrate_bn
 from search_spaces.space import ArchConfig
 from search_spaces.students.checkpoint import load_supernet
 from search_spaces.students.segmenter import Segmenter
+from search_spaces.students.student import DEFAULT_WINDOW
 
 
 class SupernetScorer:
@@ -25,7 +26,7 @@ class SupernetScorer:
     kind = "supernet"
 
     def __init__(self, checkpoint: str, data: str, images: int = 32, taps: int = 4, calibration_images: int = 16,
-                 window: float | None = 0.5, seed: int = 0):
+                 window: float | None = DEFAULT_WINDOW, seed: int = 0):
         self.checkpoint, self.data, self.images, self.taps = str(Path(checkpoint).resolve()), data, images, taps
         self.calibration_images, self.window, self.seed = calibration_images, window, seed
         self.description = (f"mIoU-T under supernet {Path(checkpoint).name} on {data} ({images} images x {taps} "
