@@ -181,3 +181,29 @@ def test_distill_and_train_supernet_start_from_pretrained_weights(tmp_path, caps
     stem = trainer.module.largest.trunk.backbone.stem.conv.weight
     ofa_stem = torch.load(tmp_path / "ofa.pth", weights_only=True)["state_dict"]["first_conv.conv.weight"]
     assert torch.equal(stem[:16, :3], ofa_stem) and not stem[:16, 3:].any()
+
+
+def test_ofa_zoo_names_go_through_the_ofa_package(monkeypatch, tmp_path):
+    import urllib.error
+
+    import ofa.model_zoo
+
+    net = _ofa_checkpoint(tmp_path / "unused.pth", 1.0)
+    calls = []
+
+    def zoo(name, pretrained):
+        calls.append((name, pretrained))
+        return net
+
+    monkeypatch.setattr(ofa.model_zoo, "ofa_net", zoo)
+    supernet = pretrained_supernet(SPACE, "ofa_mbv3_d234_e346_k357_w1.0")
+    assert calls == [("ofa_mbv3_d234_e346_k357_w1.0", True)]
+    stem = supernet.largest.trunk.backbone.stem.conv.weight
+    assert torch.equal(stem[:16, :3], net.first_conv.conv.weight)
+
+    def offline(name, pretrained):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(ofa.model_zoo, "ofa_net", offline)
+    with pytest.raises(PretrainedError, match="cannot download it .* pass the checkpoint file"):
+        pretrained_supernet(SPACE, "ofa_mbv3_d234_e346_k357_w1.2")

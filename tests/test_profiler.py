@@ -56,6 +56,17 @@ def test_op_modules_produce_the_key_shape(tiny_keys):
         op_module(OpKey.parse("softmax[c=4]@2x2"))
 
 
+@pytest.mark.parametrize("fn, expected", [("add", torch.add), ("sub", torch.sub), ("mul", torch.mul),
+                                          ("cat", lambda a, b: torch.cat([a, b], dim=1))])
+def test_each_eltwise_unit_is_timed_as_its_own_op(fn, expected):
+    key = OpKey.parse(f"eltwise[c=6,fn={fn}]@3x5")
+    module, inputs = op_module(key)
+    out = module(*inputs)
+    assert tuple(out.shape) == (1, 6, 3, 5) and torch.equal(out, expected(*inputs))
+    with pytest.raises(OpKeyError, match="no profiling builder for eltwise fn='div'"):
+        op_module(OpKey.parse("eltwise[c=6,fn=div]@3x5"))
+
+
 def test_measure_unit_times_the_unit_at_its_exact_shape():
     from nas.latency.profiling.backends import get_backend
 

@@ -109,17 +109,28 @@ def _se(key: OpKey) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
 
 
 class _Eltwise(nn.Module):
+    """One two-input elementwise unit, each `fn` computed as itself (`cat` joins two halves of `c` channels)."""
+
     def __init__(self, fn: str):
         super().__init__()
         self.fn = fn
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return a + b if self.fn == "add" else a * b
+        if self.fn == "add":
+            return a + b
+        if self.fn == "sub":
+            return a - b
+        if self.fn == "mul":
+            return a * b
+        return torch.cat([a, b], dim=1)
 
 
 def _eltwise(key: OpKey) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
-    c = int(key.attr("c"))
-    return _Eltwise(str(key.attr("fn"))), (torch.randn(1, c, *key.out_hw), torch.randn(1, c, *key.out_hw))
+    c, fn = int(key.attr("c")), str(key.attr("fn"))
+    if fn not in ELTWISE_ONNX:
+        raise OpKeyError(f"op key {key}: no profiling builder for eltwise fn={fn!r} (known: {', '.join(ELTWISE_ONNX)})")
+    inputs = (c // 2, c - c // 2) if fn == "cat" else (c, c)
+    return _Eltwise(fn), tuple(torch.randn(1, n, *key.out_hw) for n in inputs)
 
 
 class _Upsample(nn.Module):

@@ -59,8 +59,8 @@ def read_ofa_state(source: str) -> dict[str, torch.Tensor]:
     try:
         from ofa.model_zoo import ofa_net
     except ImportError:
-        raise PretrainedError(f"pretrained {source!r} is fetched by the ofa package: pip install ofa, or pass the "
-                              "checkpoint file") from None
+        raise PretrainedError(f"pretrained {source!r} is fetched by the ofa package: pip install 'tracenas[ofa]', "
+                              "or pass the checkpoint file") from None
     try:
         return ofa_net(source, pretrained=True).state_dict()
     except OSError as err:  # no network: urllib's URLError is an OSError
