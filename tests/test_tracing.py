@@ -170,3 +170,17 @@ def test_windowed_forward_rejects_batches_and_bad_sizes():
         model(torch.zeros(1, 3, 50, 64), clicks[:1])
     with pytest.raises(ValueError, match="tap and must be positive"):
         model(torch.zeros(1, 3, 64, 64), torch.tensor([[[4.0, 4.0, 0.0]]]))
+
+
+def test_a_dense_plan_computes_every_map_whole_where_tracing_would_skip_a_row():
+    """A 1x1 stride-2 conv reads every other pixel, so its traced input is a row and a column short of
+    the map; the full-output setting must price and run the map the full forward computes."""
+    module = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 1, stride=2))
+    tracer = ReceptiveFieldTracer(module)
+    first = next(n for n in tracer.graph.nodes if n.target == "0")
+    traced = tracer.plan((32, 32), (Box.full(16, 16),))
+    dense = tracer.plan((32, 32), (Box.full(16, 16),), dense=True)
+    assert (traced.boxes[first].h, traced.boxes[first].w) == (31, 31)
+    assert dense.boxes[first] == Box.full(32, 32) and dense.input_box == Box.full(32, 32)
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.allclose(tracer.run(dense, x)[0], module(x), atol=1e-6)

@@ -80,10 +80,12 @@ class TraceNetStudent(nn.Module):
         return ReceptiveFieldTracer(self.trunk)
 
     def plan(self, image_hw: tuple[int, int], tap_xy: tuple[float, float], window: Box) -> TracePlan:
-        """Receptive-field plan for one tap: the window of mask features plus the P5 cell under the tap."""
+        """Receptive-field plan for one tap: the window of mask features plus the P5 cell under the tap. A
+        window of the whole grid is the full forward (a dense plan: every map computed whole)."""
         cy = min(int(tap_xy[1]) // TAP_STRIDE, image_hw[0] // TAP_STRIDE - 1)
         cx = min(int(tap_xy[0]) // TAP_STRIDE, image_hw[1] // TAP_STRIDE - 1)
-        return self.tracer.plan(image_hw, (window, Box(cy, cy + 1, cx, cx + 1)))
+        full = window == Box.full(image_hw[0] // MASK_STRIDE, image_hw[1] // MASK_STRIDE)
+        return self.tracer.plan(image_hw, (window, Box(cy, cy + 1, cx, cx + 1)), dense=full)
 
     def forward(self, image: torch.Tensor, clicks: torch.Tensor, window: Box | None = None) -> TapOutput:
         h, w = _check_inputs(image, clicks)

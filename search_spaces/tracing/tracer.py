@@ -263,8 +263,12 @@ class ReceptiveFieldTracer:
         sizes = self._sizes(input_hw)
         return [sizes[node] for node in self._outputs()]
 
-    def plan(self, input_hw: tuple[int, int], requests: Sequence[Box | None]) -> TracePlan:
-        """Regions to compute so that output `i` is exact inside `requests[i]` (None: output not needed)."""
+    def plan(self, input_hw: tuple[int, int], requests: Sequence[Box | None], dense: bool = False) -> TracePlan:
+        """Regions to compute so that output `i` is exact inside `requests[i]` (None: output not needed).
+
+        `dense`: every node that feeds a request is computed whole, as the full forward computes it (the
+        traced region can be a row short of the map, e.g. before a 1x1 stride-2 conv, which would then
+        price and run other shapes than the network it stands for)."""
         sizes = self._sizes(input_hw)
         outputs = self._outputs()
         if len(requests) != len(outputs):
@@ -291,6 +295,8 @@ class ReceptiveFieldTracer:
                 else:
                     need = box
                 boxes[arg] = need.clip(*sizes[arg]).union(boxes.get(arg))
+        if dense:
+            boxes = {node: Box.full(*sizes[node]) if node in sizes else box for node, box in boxes.items()}
         input_node = next(n for n, op in self.ops.items() if op.kind == "input")
         local_pools = [str(n.target) for n in boxes if self.ops[n].kind == "local_pool"]
         global_ops = [str(n.target) for n in self.graph.nodes if n in boxes and self.ops[n].kind == "global"]
