@@ -52,3 +52,51 @@ def test_export_cli_and_errors(tmp_path, tiny_student, capsys):
     assert main(["export", "--arch", str(arch), "--format", "onnx", "--window", "3", "--out",
                  str(tmp_path / "w")]) == 2
     assert not (tmp_path / "w").exists()
+
+
+@pytest.fixture(scope="module")
+def calibrated_student(tiny_student):
+    """The tiny student with BN statistics from data, so int8 activations span realistic ranges."""
+    import torch
+
+    from search_spaces.students.tracing_check import calibrate_bn
+
+    calibrate_bn(tiny_student, torch.Generator().manual_seed(0))
+    return tiny_student.eval()
+
+
+@pytest.mark.parametrize("fmt", ["executorch", "onnx"])
+def test_int8_export_runs_on_the_runtime_with_a_quantization_parity_report(tmp_path, calibrated_student, fmt,
+                                                                         capsys):
+    arch = tmp_path / "arch.json"
+    arch.write_text(calibrated_student.arch.to_json())
+    from search_spaces import save_student
+
+    checkpoint = save_student(calibrated_student, tmp_path / "student.pt")
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", fmt, "--precision", "int8",
+                 "--out", str(tmp_path / "q"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    stored = json.loads((tmp_path / "q" / "export.json").read_text())
+    assert stored == info and (tmp_path / "q" / info["file"]).stat().st_size == info["program_bytes"]
+    report = info["int8_parity"]
+    assert info["precision"] == "int8" and info["quantization"]["calibration_data"] == "bundled photos"
+    assert report["images"] == 4  # one tap on each bundled photo
+    # quantized (not a float program under another name), and close to the float program
+    float_info = export_student(calibrated_student, fmt, tmp_path / "f")
+    assert 0 < report["max_abs_logit_diff"] and report["mask_iou_mean"] > 0.5
+    assert float_info["precision"] == "fp32"
+    if fmt == "executorch":  # the runtime computes what the quantized PT2E graph computes
+        assert info["parity_max_abs_diff"] < 0.05 and info["quantization"]["float_ops"] == []  # XNNPACK rounds its own way
+
+
+def test_int8_export_errors(tmp_path, tiny_student, capsys):
+    arch = tmp_path / "arch.json"
+    arch.write_text(tiny_student.arch.to_json())
+    for args, message in ((["--format", "onnx", "--precision", "int8", "--calibration-data",
+                            f"grabcut:{tmp_path / 'none'}"], "calibration data"),
+                          (["--format", "coreml", "--precision", "int8"], "int8 export is for executorch and onnx"),
+                          (["--format", "onnx", "--calibration-data", "grabcut:x"], "add --precision int8")):
+        assert main(["export", "--arch", str(arch), "--out", str(tmp_path / "q"), *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+        assert not (tmp_path / "q").exists()

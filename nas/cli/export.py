@@ -8,6 +8,7 @@ import json
 from nas.cli.common import fraction_pair, positive_int, read_arch, window_fraction
 from nas.latency.profiling.backends import BACKENDS
 from nas.latency.setting import LatencySetting, parse_image_size
+from search_spaces.common.errors import InvalidValueError
 
 
 def _add_model_and_setting(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--format", required=True, choices=list(FORMATS))
     export.add_argument("--out", required=True, help="output folder")
     export.add_argument("--clicks", type=positive_int, default=4, help="click rows of the program (default 4)")
+    export.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                        help="int8: post-training W8A8 quantization (executorch: PT2E + XNNPACK quantizer; onnx: "
+                             "ONNX Runtime static QDQ), with its parity against float in export.json (default fp32)")
+    export.add_argument("--calibration-data", metavar="SPEC",
+                        help="images that calibrate int8 activations: a dataset spec (grabcut:PATH, folder:PATH, "
+                             "...; default the bundled photos); labelled data get RITM's first click as the tap")
     export.set_defaults(func=_export)
 
     bench = subparsers.add_parser(
@@ -65,9 +72,17 @@ def _export(args: argparse.Namespace) -> int:
     from nas.deploy.export import export_student
 
     model, setting = _model_and_setting(args)
-    info = export_student(model, args.format, args.out, setting, args.clicks)
+    if args.calibration_data and args.precision != "int8":
+        raise InvalidValueError("--calibration-data calibrates an int8 export; add --precision int8")
+    info = export_student(model, args.format, args.out, setting, args.clicks, args.precision, args.calibration_data)
     if args.json:
         print(json.dumps(info))
+    elif info["precision"] == "int8":
+        report = info["int8_parity"]
+        print(f"{args.out}/{info['file']} ({info['runtime']}, int8): {info['program_bytes'] / 2**20:.2f} MiB "
+              f"(float weights {info['weights_bytes_float'] / 2**20:.2f} MiB); vs float on "
+              f"{report['images']} calibration images: mask IoU {report['mask_iou_mean']:.3f} (min "
+              f"{report['mask_iou_min']:.3f}), max |Δ logit| {report['max_abs_logit_diff']:.3f}")
     else:
         parity = (f"max |Δ| vs PyTorch {info['parity_max_abs_diff']:.2e}" if info["parity_max_abs_diff"] is not None
                   else info["parity"])

@@ -20,6 +20,16 @@ from pathlib import Path
 
 import torch
 
+from nas.deploy.quantize import (
+    PRECISIONS,
+    CalibrationItem,
+    calibration_items,
+    float_ops,
+    lower_pt2e,
+    parity,
+    quantize_onnx,
+    quantize_pt2e,
+)
 from nas.latency.profiling.backends import export_coreml, export_executorch, export_onnx, onnx_feeds, package_version
 from nas.latency.setting import REFERENCE_SETTING, LatencySetting
 from search_spaces.common.errors import InvalidValueError
@@ -28,6 +38,7 @@ from search_spaces.students.student import MASK_STRIDE, TraceNetStudent
 from search_spaces.students.traced_tap import TracedTap
 
 FORMATS = {"onnx": "model.onnx", "executorch": "model.pte", "coreml": "model.mlpackage", "torchscript": "model.pt"}
+INT8_FORMATS = ("executorch", "onnx")
 
 
 def _max_diff(reference: tuple[torch.Tensor, ...], outputs: list) -> float:
@@ -36,12 +47,19 @@ def _max_diff(reference: tuple[torch.Tensor, ...], outputs: list) -> float:
 
 
 def export_student(model: TraceNetStudent, fmt: str, out_dir: str | Path, setting: LatencySetting = REFERENCE_SETTING,
-                   clicks: int = 4) -> dict:
-    """Write `out_dir/FORMATS[fmt]` and `out_dir/export.json`; returns the latter's content."""
+                   clicks: int = 4, precision: str = "fp32", calibration_data: str | None = None) -> dict:
+    """Write `out_dir/FORMATS[fmt]` and `out_dir/export.json`; returns the latter's content.
+
+    `precision="int8"`: post-training W8A8 quantization (`nas/deploy/quantize.py`) for the executorch and
+    onnx formats, calibrated on `calibration_data` (a dataset spec; None: the bundled photos)."""
     if fmt not in FORMATS:
         raise InvalidValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
     if clicks < 1:
         raise InvalidValueError(f"an exported program takes at least one click (the tap), got {clicks}")
+    if precision not in PRECISIONS:
+        raise InvalidValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision == "int8" and fmt not in INT8_FORMATS:
+        raise InvalidValueError(f"int8 export is for {' and '.join(INT8_FORMATS)}; {fmt} exports float32")
     arch = model.arch
     image_hw, tap_xy = setting.input_hw(arch), setting.tap_xy(arch)
     program = TracedTap(model.eval(), image_hw, tap_xy, setting.window_px(arch)).eval()
@@ -52,6 +70,10 @@ def export_student(model: TraceNetStudent, fmt: str, out_dir: str | Path, settin
         reference = program(*inputs)
     out = Path(out_dir)
     path = out / FORMATS[fmt]
+    if precision == "int8":
+        items = calibration_items(program, image_hw, tap_xy, clicks, calibration_data)
+        return _export_int8(program, fmt, out, path, items, calibration_data, _describe(
+            program, fmt, path, setting, image_hw, tap_xy, image_crop, click_rows, reference))
     parity, runtime = None, None
     if fmt == "onnx":
         data = export_onnx(program, inputs)
@@ -90,11 +112,20 @@ def export_student(model: TraceNetStudent, fmt: str, out_dir: str | Path, settin
             names = [i.name for i in mlmodel.get_spec().description.input]
             result = mlmodel.predict({n: t.numpy() for n, t in zip(names, inputs, strict=True)})
             parity = _max_diff(reference, list(result.values()))
+    info = _describe(program, fmt, path, setting, image_hw, tap_xy, image_crop, click_rows, reference) | {
+        "runtime": runtime, "parity_max_abs_diff": parity,
+        "parity": "checked against PyTorch" if parity is not None else "not run: Core ML prediction needs macOS"}
+    atomic_write(out / "export.json", lambda f: f.write(json.dumps(info, indent=1).encode()))
+    return info
+
+
+def _describe(program: TracedTap, fmt: str, path: Path, setting: LatencySetting, image_hw: tuple[int, int],
+              tap_xy: tuple[float, float], image_crop: torch.Tensor, click_rows: torch.Tensor,
+              reference: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    """What export.json says about the program's inputs, outputs and setting."""
     box, cells = program.input_box, program.cells
-    info = {
-        "format": fmt, "file": path.name, "arch": arch.to_dict(), "runtime": runtime,
-        "parity_max_abs_diff": parity,
-        "parity": "checked against PyTorch" if parity is not None else "not run: Core ML prediction needs macOS",
+    return {
+        "format": fmt, "file": path.name, "arch": program.model.arch.to_dict(), "precision": "fp32",
         "setting": setting.describe() | {"image_hw": list(image_hw), "tap_xy": list(tap_xy)},
         "inputs": {"image_crop": {"shape": list(image_crop.shape), "box_yx": [box.y0, box.y1, box.x0, box.x1],
                                   "normalisation": "ImageNet mean/std on 0..1 RGB, as Segmenter"},
@@ -104,5 +135,47 @@ def export_student(model: TraceNetStudent, fmt: str, out_dir: str | Path, settin
                                     "cells_yx": [cells.y0, cells.y1, cells.x0, cells.x1]},
                     "iou_logit": {"shape": list(reference[1].shape)}},
     }
+
+
+def _export_int8(program: TracedTap, fmt: str, out: Path, path: Path, items: list[CalibrationItem],
+                 calibration_data: str | None, info: dict) -> dict:
+    """The W8A8 program, written with its parity against the float program on the calibration inputs."""
+    feeds = [(i.image_crop, i.clicks) for i in items]
+    with torch.no_grad():
+        reference = [program(*f) for f in feeds]
+    if fmt == "executorch":
+        from executorch.runtime import Runtime
+
+        graph = quantize_pt2e(program, items)
+        data = lower_pt2e(graph, feeds[0])
+        method = Runtime.get().load_program(data).load_method("forward")
+        outputs = [method.execute(list(f)) for f in feeds]
+        with torch.no_grad():  # the runtime against the quantized graph it lowered
+            runtime_diff = max(_max_diff(graph(*f), o) for f, o in zip(feeds, outputs, strict=True))
+        kept = float_ops(graph)
+        scheme = "PT2E, XNNPACKQuantizer: int8 weights symmetric per channel, int8 activations per tensor"
+        runtime = f"executorch {package_version('executorch')} (XNNPACK)"
+    else:
+        import onnxruntime
+
+        float_onnx = export_onnx(program, feeds[0])
+        names = [i.name for i in onnxruntime.InferenceSession(float_onnx, providers=["CPUExecutionProvider"])
+                 .get_inputs()]
+        data = quantize_onnx(float_onnx, names, items)
+        session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+        outputs = [session.run(None, onnx_feeds(session, f)) for f in feeds]
+        runtime_diff, kept = None, None
+        scheme = "ONNX Runtime quantize_static, QDQ: int8 weights per channel, uint8 activations"
+        runtime = f"onnxruntime {onnxruntime.__version__}"
+    atomic_write(path, lambda f: f.write(data))
+    info = info | {
+        "precision": "int8", "runtime": runtime, "parity_max_abs_diff": runtime_diff,
+        "parity": "int8 program against the float program on the calibration images (int8_parity)",
+        "quantization": {"scheme": scheme, "calibration_data": calibration_data or "bundled photos",
+                         "calibration_images": len(items),
+                         "float_ops": kept if kept is not None else "not listed for ONNX QDQ"},
+        "int8_parity": parity(reference, [tuple(o) for o in outputs]),
+        "weights_bytes_float": 4 * sum(p.numel() for p in program.parameters()),
+        "program_bytes": len(data)}
     atomic_write(out / "export.json", lambda f: f.write(json.dumps(info, indent=1).encode()))
     return info
