@@ -92,7 +92,7 @@ def test_cli_calibrate_writes_a_calibrated_table(tmp_path, base, capsys):
     bad.write_text("model,ms\nx,1\n")
     assert main(["latency", "calibrate", "--base", str(base_path), "--measurements", str(bad),
                  "--out", str(tmp_path / "x.json")]) == 2
-    assert "columns 'arch' and 'latency_ms'" in capsys.readouterr().err
+    assert "columns 'arch' (or 'keys') and 'latency_ms'" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
 
 
@@ -146,3 +146,24 @@ def test_per_class_fits_that_price_a_class_as_free_are_rejected(base):
     calibration = calibrate_archs(base, archs, measured)
     scales = list(calibration.scales.values())
     assert min(scales) >= FREE_SCALE * max(scales)  # whichever model won, no class is priced as free
+
+
+def test_calibration_from_op_key_lists_equals_calibration_from_the_architectures(tmp_path, base, capsys):
+    """A network of any family enters as its op keys; the same networks as ArchConfigs give the same table."""
+    rng = np.random.default_rng(3)
+    archs = [ArchConfig.sample(rng, TINY) for _ in range(12)]
+    latencies = [_device_latency(base, a) for a in archs]
+    base_path = base.save(tmp_path / "host.json")
+    write_measurements(tmp_path / "archs.csv", archs, latencies)
+    write_measurements(tmp_path / "keys.csv", [setting_op_keys(a, REFERENCE_SETTING) for a in archs], latencies)
+    for name in ("archs", "keys"):
+        assert main(["latency", "calibrate", "--base", str(base_path), "--measurements", str(tmp_path / f"{name}.csv"),
+                     "--out", str(tmp_path / f"{name}.json"), "--device", "phone"]) == 0
+    by_arch, by_keys = (LatencyTable.load(tmp_path / f"{n}.json") for n in ("archs", "keys"))
+    assert by_arch.calibration == by_keys.calibration and by_arch.entries == by_keys.entries
+    (tmp_path / "bad.csv").write_text('keys,latency_ms\n"conv[k=3]@8x8 nonsense",1.0\n')
+    capsys.readouterr()
+    assert main(["latency", "calibrate", "--base", str(base_path), "--measurements", str(tmp_path / "bad.csv"),
+                 "--out", str(tmp_path / "bad.json")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.csv:2:" in err and err.count("\n") == 1 and not (tmp_path / "bad.json").exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from nas import __version__
 from nas.cli.common import positive_int, read_arch, window_fraction
-from nas.latency.calibrate import calibrate, calibrate_archs, read_measurements, read_published, write_measurements
+from nas.latency.calibrate import calibrate, read_measurements, read_published, write_measurements
 from nas.latency.importers import FORMATS, check_ofa_net, import_tables
 from nas.latency.predict import predict_latency
 from nas.latency.profiling.backends import BACKENDS
@@ -101,7 +101,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                "--measurements-out' writes such a file for this machine.")
     cal.add_argument("--base", required=True, help="base table (name or .json)")
     source = cal.add_mutually_exclusive_group(required=True)
-    source.add_argument("--measurements", metavar="CSV", help="columns arch (ArchConfig JSON or path), latency_ms")
+    source.add_argument("--measurements", metavar="CSV",
+                        help="columns latency_ms and arch (ArchConfig JSON or path) or keys (a network's op keys "
+                             "separated by spaces: networks of any family the base table prices)")
     source.add_argument("--published", metavar="CSV",
                         help="published end-to-end latencies of timm models (columns timm_name, input_resolution, "
                              "latency_ms, device), e.g. ../shared/latency_reference/published_model_latency.csv")
@@ -216,8 +218,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         hardware = args.hardware or "; ".join(sorted({row.device for row in used}))
         runtime = args.runtime or "; ".join(sorted({row.runtime for row in used if row.runtime})) or None
     else:
-        archs, measured = read_measurements(args.measurements)
-        calibration = calibrate_archs(base, archs, measured)
+        key_lists, measured = read_measurements(args.measurements)
+        calibration = calibrate(base, key_lists, measured)
         hardware, runtime = args.hardware, args.runtime
     name = args.device or Path(args.out).stem
     # the device the measurements came from, not the base's machine (that stays in calibration.base)

@@ -130,22 +130,29 @@ def calibrate(base: LatencyTable, key_lists: Sequence[Sequence[OpKey]], measured
     return Calibration(fitted, overhead, score | {"n": len(measured)}, weight, model, default)
 
 
-def read_measurements(path: str | Path) -> tuple[list[ArchConfig], list[float]]:
-    """CSV with columns `arch` (an ArchConfig JSON, or a path to one) and `latency_ms`."""
+def read_measurements(path: str | Path, setting: LatencySetting = REFERENCE_SETTING
+                      ) -> tuple[list[list[OpKey]], list[float]]:
+    """The op keys and end-to-end latency of every network in a CSV with a `latency_ms` column and either
+    `arch` (an ArchConfig JSON, or a path to one, traced at `setting`) or `keys` (the network's op keys,
+    separated by spaces: any network, e.g. another search space's, whose units the base table prices)."""
     path = Path(path)
     rows = list(csv.DictReader(read_text(path, "measurements file").splitlines()))
-    if not rows or not {"arch", "latency_ms"} <= set(rows[0]):
-        raise CalibrationError(f"{path}: needs a header with columns 'arch' and 'latency_ms'")
-    archs, latencies = [], []
+    columns = set(rows[0]) if rows else set()
+    if "latency_ms" not in columns or not columns & {"arch", "keys"}:
+        raise CalibrationError(f"{path}: needs a header with columns 'arch' (or 'keys') and 'latency_ms'")
+    key_lists, latencies = [], []
     for line, row in enumerate(rows, start=2):
-        text = row["arch"].strip()
         try:
-            arch_json = text if text.startswith("{") else read_text(path.parent / text, "architecture file")
-            archs.append(ArchConfig.from_json(arch_json))
+            if row.get("keys"):
+                key_lists.append([OpKey.parse(k) for k in row["keys"].split()])
+            else:
+                text = row["arch"].strip()
+                arch_json = text if text.startswith("{") else read_text(path.parent / text, "architecture file")
+                key_lists.append(setting_op_keys(ArchConfig.from_json(arch_json), setting))
             latencies.append(float(row["latency_ms"]))
-        except (OSError, ValueError) as err:
-            raise CalibrationError(f"{path}:{line}: {err}") from None
-    return archs, latencies
+        except (OSError, ValueError, AttributeError) as err:
+            raise CalibrationError(f"{path}:{line}: {str(err).splitlines()[0]}") from None
+    return key_lists, latencies
 
 
 class PublishedLatency(NamedTuple):
@@ -179,12 +186,16 @@ def read_published(path: str | Path, match: str) -> list[PublishedLatency]:
     return picked
 
 
-def write_measurements(path: str | Path, archs: Sequence[ArchConfig], latencies: Sequence[float]) -> None:
+def write_measurements(path: str | Path, networks: Sequence[ArchConfig | Sequence[OpKey]],
+                       latencies: Sequence[float]) -> None:
+    """The CSV `read_measurements` reads: one row per network, an ArchConfig or its op keys."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["arch", "latency_ms"])
-        for arch, ms in zip(archs, latencies, strict=True):
-            writer.writerow([json.dumps(arch.to_dict()), f"{ms:.6f}"])
+        writer.writerow(["arch", "keys", "latency_ms"])
+        for net, ms in zip(networks, latencies, strict=True):
+            arch = json.dumps(net.to_dict()) if isinstance(net, ArchConfig) else ""
+            keys = "" if isinstance(net, ArchConfig) else " ".join(map(str, net))
+            writer.writerow([arch, keys, f"{ms:.6f}"])
 
 
 def calibrate_archs(base: LatencyTable, archs: Sequence[ArchConfig], measured_ms: Sequence[float],
