@@ -2,14 +2,15 @@
 adaptation, with a per-op-class linear model instead of a meta-learned one).
 
 Model: latency(arch) = overhead + sum over op classes c of scale_c * (base-table latency of the
-arch's ops in class c), or one global scale for all classes. Fitted by non-negative least squares
-with a prior pulling every scale towards 1. Op classes are strongly collinear across architectures,
-so the model (per-class or global) and the prior's weight are chosen by leave-one-out error, and a
-per-class fit that prices any class at zero is rejected (it cannot hold for other networks). Classes
-the measurements never exercise (e.g. the tap head when calibrating on classification networks)
-take the overall scale: measured / base latency summed over the fit set. The calibrated table is
-the base table with every entry multiplied by its class
-scale, plus the overhead, with provenance 'calibrated' and its leave-one-out error.
+arch's ops in class c), or one global scale for all classes. Fitted by non-negative least squares.
+The global scale has a weak prior of 1; each per-class scale has a prior that shrinks it toward the
+global scale fitted on the same points, so a class the measurements cannot tell apart from the
+others (op classes are strongly collinear across architectures) keeps the global scale instead of
+drifting to zero. The model and the prior's weight are chosen by leave-one-out error (the global
+scale refitted in every fold). Classes the measurements never exercise (e.g. the tap head when
+calibrating on classification networks) take the global scale. The calibrated table is the base
+table with every entry multiplied by its class scale, plus the overhead, with provenance
+'calibrated' and its leave-one-out error.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from search_spaces.common.errors import TraceNASError
 from search_spaces.common.files import read_text
 from search_spaces.space import ArchConfig
 
-PRIOR_WEIGHTS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # candidate weights of the scale -> 1 prior
-FREE_SCALE = 0.01  # a per-class scale below 1% of the largest one prices its class as free
+PRIOR_WEIGHTS = {"global": (1e-4, 1e-3, 1e-2, 1e-1, 1.0),  # the global scale -> 1 prior
+                 "per-class": (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)}  # each class scale -> the global one
+MODELS = tuple(PRIOR_WEIGHTS)
 
 
 class CalibrationError(TraceNASError, ValueError):
@@ -62,7 +64,8 @@ class Calibration:
         table = LatencyTable(device=device, provenance="calibrated", space=base.space,
                              overhead_ms=base.overhead_ms + self.overhead_ms,
                              calibration={"base": base.name, "base_provenance": base.provenance,
-                                          "method": f"{self.model} NNLS scales + overhead",
+                                          "method": f"{self.model} NNLS scales + overhead"
+                                          + (" (shrunk toward the global scale)" if self.model == "per-class" else ""),
                                           "default_scale": self.default_scale,
                                           "scales": self.scales, "overhead_ms": self.overhead_ms,
                                           "loo_mape": self.loo["mape"], "loo_within_10pct": self.loo["within_10pct"],
@@ -85,17 +88,31 @@ def class_features(base: LatencyTable, key_lists: Sequence[Sequence[OpKey]], cla
     return features
 
 
-def _fit(features: np.ndarray, measured: np.ndarray, weight: float) -> tuple[np.ndarray, float]:
+def _fit(features: np.ndarray, measured: np.ndarray, weight: float, toward: float) -> tuple[np.ndarray, float]:
+    """Scales (k,) and overhead by NNLS, each scale pulled toward `toward` with strength `weight`."""
     n, k = features.shape
     prior = np.sqrt(weight * n) * np.mean(features, axis=0).clip(min=1e-9)
     design = np.vstack([np.hstack([features, np.ones((n, 1))]), np.hstack([np.diag(prior), np.zeros((k, 1))])])
-    target = np.concatenate([measured, prior])
+    target = np.concatenate([measured, prior * toward])
     solution, _ = nnls(design, target)
     return solution[:k], float(solution[k])
 
 
-def calibrate(base: LatencyTable, key_lists: Sequence[Sequence[OpKey]], measured_ms: Sequence[float]) -> Calibration:
-    """Fit class scales and overhead to end-to-end latencies; leave-one-out error over the same points."""
+def _fit_model(model: str, features: np.ndarray, measured: np.ndarray,
+               weight: float) -> tuple[np.ndarray, float, float]:
+    """(scales, overhead, global scale) of `model` on these points."""
+    total = features.sum(axis=1, keepdims=True)
+    global_scale, overhead = _fit(total, measured, weight if model == "global" else PRIOR_WEIGHTS["global"][0], 1.0)
+    if model == "global":
+        return np.full(features.shape[1], global_scale[0]), overhead, float(global_scale[0])
+    scales, overhead = _fit(features, measured, weight, float(global_scale[0]))
+    return scales, overhead, float(global_scale[0])
+
+
+def calibrate(base: LatencyTable, key_lists: Sequence[Sequence[OpKey]], measured_ms: Sequence[float],
+              models: Sequence[str] = MODELS) -> Calibration:
+    """Fit class scales and overhead to end-to-end latencies; leave-one-out error over the same points
+    chooses among `models` (per-class with shrinkage, global) and their prior weights."""
     measured = np.asarray(measured_ms, dtype=float)
     if len(measured) < 3:
         raise CalibrationError(f"need at least 3 end-to-end measurements, got {len(measured)}")
@@ -107,27 +124,21 @@ def calibrate(base: LatencyTable, key_lists: Sequence[Sequence[OpKey]], measured
                                f"e.g. {base_missing[0]}")
     classes = sorted({op_class(k) for keys in key_lists for k in keys})
     features = class_features(base, key_lists, classes)
-    candidates = {"per-class": features, "global": features.sum(axis=1, keepdims=True)}
     best = None
-    for model, x in candidates.items():
-        for weight in PRIOR_WEIGHTS:
-            scales = _fit(x, measured, weight)[0]
-            if model == "per-class" and scales.min() < FREE_SCALE * scales.max():
-                continue  # a class priced as (nearly) free: fits these networks, extrapolates badly to others
+    for model in models:
+        for weight in PRIOR_WEIGHTS[model]:
             loo = []
             for i in range(len(measured)):
                 keep = np.arange(len(measured)) != i
-                scales, overhead = _fit(x[keep], measured[keep], weight)
-                loo.append(float(x[i] @ scales + overhead))
+                scales, overhead, _ = _fit_model(model, features[keep], measured[keep], weight)
+                loo.append(float(features[i] @ scales + overhead))
             score = accuracy(loo, list(measured))
             if best is None or score["mape"] < best[2]["mape"]:
                 best = (model, weight, score)
     model, weight, score = best
-    scales, overhead = _fit(candidates[model], measured, weight)
-    fitted = dict(zip(classes, map(float, scales), strict=True)) if model == "per-class" else \
-        dict.fromkeys(classes, float(scales[0]))
-    default = float(measured.sum() / features.sum()) if model == "per-class" else float(scales[0])
-    return Calibration(fitted, overhead, score | {"n": len(measured)}, weight, model, default)
+    scales, overhead, global_scale = _fit_model(model, features, measured, weight)
+    fitted = dict(zip(classes, map(float, scales), strict=True))
+    return Calibration(fitted, overhead, score | {"n": len(measured)}, weight, model, global_scale)
 
 
 def read_measurements(path: str | Path, setting: LatencySetting = REFERENCE_SETTING
@@ -199,5 +210,5 @@ def write_measurements(path: str | Path, networks: Sequence[ArchConfig | Sequenc
 
 
 def calibrate_archs(base: LatencyTable, archs: Sequence[ArchConfig], measured_ms: Sequence[float],
-                    setting: LatencySetting = REFERENCE_SETTING) -> Calibration:
-    return calibrate(base, [setting_op_keys(a, setting) for a in archs], measured_ms)
+                    setting: LatencySetting = REFERENCE_SETTING, models: Sequence[str] = MODELS) -> Calibration:
+    return calibrate(base, [setting_op_keys(a, setting) for a in archs], measured_ms, models)
