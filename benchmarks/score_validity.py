@@ -14,8 +14,9 @@ the same predicted latency (within 3 %), trained the same way.
 
 Scale: training and evaluation run at `--train-resolution` (default 192 px long side) and
 `--steps` steps, a small-scale run that fits a CPU; the signals are computed on the architectures
-at 512. Every trained architecture's result is appended to `OUT/results.jsonl` as it finishes, so
-an interrupted run resumes where it stopped. Needs the DAVIS and GrabCut sets (`--train`, `--eval`).
+at 512. Every trained architecture's result is appended to `OUT/results.jsonl` as it finishes (and
+the signals go to `OUT/signals.json`), so an interrupted run resumes where it stopped. Needs the
+DAVIS and GrabCut sets (`--train`, `--eval`).
 
 usage: python benchmarks/score_validity.py --out runs/score_validity [--target iphone13] [--archs 12]
            [--random 3] [--steps 200] [--train-resolution 192] [--threads 1] [--json]
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import datetime
 import hashlib
 import json
 import time
@@ -172,6 +174,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--evidence", type=Path, help="also write the correlations `nas search` quotes "
+                                                      "(nas/search/scores/validity.json)")
+    parser.add_argument("--machine", default="2-core CPU", help="where it ran, for --evidence")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -206,7 +211,12 @@ def main() -> None:
             print(f"{role:8s} mIoU@1 {row['miou_at_1']:.3f} NoC@85 {row['noc85']:5.2f} ({row['train_s']:.0f} s)",
                   flush=True)
         archs = [a for _, a in roles]
-        values = signals(args, archs, table, args.out)
+        cached = args.out / "signals.json"
+        if cached.exists():
+            values = json.loads(cached.read_text())
+        else:
+            values = signals(args, archs, table, args.out)
+            cached.write_text(json.dumps(values))
     rows = [done[a.to_json()] | {name: values[name][i] for name in SIGNALS} for i, a in enumerate(archs)]
     quality = {"miou_at_1": np.array([r["miou_at_1"] for r in rows]),
                "neg_noc85": -np.array([r["noc85"] for r in rows])}
@@ -226,6 +236,15 @@ def main() -> None:
                        | {"latency_ms": predict_latency(a, table, SETTING).latency_ms} for a in randoms]},
     }
     (args.out / "report.json").write_text(json.dumps(report, indent=1))
+    if args.evidence:
+        args.evidence.write_text(json.dumps({
+            "date": datetime.date.today().isoformat(),
+            "scale": {"architectures": len(rows), "space": BASE_SPACE, "steps": args.steps,
+                      "train_resolution": args.train_resolution, "machine": args.machine} | report["scale"],
+            "kendall_tau_miou_at_1": {k: v["kendall_tau"] for k, v in report["correlation_with_miou_at_1"].items()},
+            "spearman_miou_at_1": {k: v["spearman"] for k, v in report["correlation_with_miou_at_1"].items()},
+            "kendall_tau_neg_noc85": {k: v["kendall_tau"] for k, v in report["correlation_with_neg_noc85"].items()},
+            "search_vs_random": report["search_vs_random"]}, indent=1) + "\n")
     if args.json:
         print(json.dumps(report, indent=1))
         return

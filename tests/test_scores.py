@@ -204,3 +204,19 @@ def test_coco_instances_become_samples_and_tiny_or_crowd_ones_are_skipped(tmp_pa
     assert len(list(load_dataset(f"lvis:{tmp_path / 'ann.json'}:{tmp_path / 'images'}"))) == 3
     with pytest.raises(DatasetError, match="not readable"):
         load_dataset(f"coco:{tmp_path / 'images' / 'a.jpg'}:{tmp_path / 'images'}")
+
+
+def test_search_quotes_the_measured_rank_correlation_of_its_score():
+    from nas.search.scores.validity import evidence_line, load_evidence
+
+    scale = {"architectures": 16, "space": "tracenet_mbv3", "steps": 200, "train_resolution": 192,
+             "machine": "2-core CPU"}
+    worse = {"date": "2026-12-01", "scale": scale, "kendall_tau_miou_at_1": {"naswot": 0.1, "flops": 0.3}}
+    line = evidence_line("naswot", worse)
+    assert "naswot +0.10, FLOPs +0.30" in line and "no signal ranks trained students better than FLOPs" in line
+    better = worse | {"kendall_tau_miou_at_1": {"naswot": 0.4, "flops": 0.3}}
+    assert "the best signal is naswot" in evidence_line("naswot", better)
+    assert evidence_line("predictor", {"kendall_tau_miou_at_1": {"naswot": 0.1, "flops": 0.3}}) is None
+    shipped = load_evidence()  # the benchmark's measurement ships with the package
+    assert shipped is not None and {"naswot", "flops", "supernet", "predictor"} <= set(shipped["kendall_tau_miou_at_1"])
+    assert evidence_line("naswot").startswith("Kendall tau with trained mIoU@1: naswot ")

@@ -10,6 +10,7 @@ from pathlib import Path
 from nas.cli.common import add_space_arg, fraction_pair, positive_int, window_fraction
 from nas.latency.setting import parse_image_size
 from nas.search.run import run_search
+from nas.search.scores.validity import evidence_line
 from nas.search.settings import ALGORITHMS, SearchSettings, load_settings, parse_budget
 from search_spaces.common.errors import InvalidValueError
 from search_spaces.space import ArchConfig
@@ -165,6 +166,9 @@ def _search(args: argparse.Namespace) -> int:
         print(f"  latency   {result.best.latency_ms:.3f} ms predicted ≤ budget {result.budget_ms:g} ms "
               f"({table['name']}: {table['provenance']} table, {error})")
         print(f"  score     {result.best.score:.4f} by {best['score_name']} ({best['score_kind']}){proxy}")
+        evidence = evidence_line(best["score_name"])
+        if evidence:
+            print(f"  evidence  {evidence}")
         print(f"  pareto    {len(result.front)} architectures on the front")
         if settings.include_fixed:
             fixed = best.get("best_fixed")
