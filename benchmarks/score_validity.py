@@ -145,7 +145,7 @@ def signals(args: argparse.Namespace, archs: list[ArchConfig], table, out: Path)
     predictor, report = fit_predictor(pairs, np.array(scorer.scores(pairs)), epochs=300)
     trained = [at_resolution(a, args.train_resolution) for a in archs]
     values["predictor"] = [float(v) for v in predictor.predict(trained)]
-    values["predictor_heldout_spearman"] = [report.spearman]
+    values["predictor_heldout_spearman"] = [report.heldout_spearman]
     return values
 
 
@@ -217,34 +217,36 @@ def main() -> None:
         else:
             values = signals(args, archs, table, args.out)
             cached.write_text(json.dumps(values))
-    rows = [done[a.to_json()] | {name: values[name][i] for name in SIGNALS} for i, a in enumerate(archs)]
-    quality = {"miou_at_1": np.array([r["miou_at_1"] for r in rows]),
-               "neg_noc85": -np.array([r["noc85"] for r in rows])}
-    report = {
-        "scale": {"train_resolution": args.train_resolution, "signal_resolution": SIGNAL_RESOLUTION,
-                  "steps": args.steps, "batch_size": args.batch_size, "images": args.images, "train": args.train,
-                  "eval": args.eval, "threads": args.threads, "device": args.device,
-                  "supernet_runs": args.supernet_runs, "predictor_pairs": args.predictor_pairs,
-                  "predictor_heldout_spearman": values["predictor_heldout_spearman"][0],
-                  "target": args.target, "search_budget_ms": budget},
-        "architectures": rows,
-        "correlation_with_miou_at_1": correlations(quality["miou_at_1"], values),
-        "correlation_with_neg_noc85": correlations(quality["neg_noc85"], values),
-        "search_vs_random": {
-            "searched": {k: done[searched.to_json()][k] for k in ("miou_at_1", "noc85")} | {"latency_ms": searched_ms},
-            "random": [{k: done[a.to_json()][k] for k in ("miou_at_1", "noc85")}
-                       | {"latency_ms": predict_latency(a, table, SETTING).latency_ms} for a in randoms]},
-    }
-    (args.out / "report.json").write_text(json.dumps(report, indent=1))
-    if args.evidence:
-        args.evidence.write_text(json.dumps({
-            "date": datetime.date.today().isoformat(),
-            "scale": {"architectures": len(rows), "space": BASE_SPACE, "steps": args.steps,
-                      "train_resolution": args.train_resolution, "machine": args.machine} | report["scale"],
-            "kendall_tau_miou_at_1": {k: v["kendall_tau"] for k, v in report["correlation_with_miou_at_1"].items()},
-            "spearman_miou_at_1": {k: v["spearman"] for k, v in report["correlation_with_miou_at_1"].items()},
-            "kendall_tau_neg_noc85": {k: v["kendall_tau"] for k, v in report["correlation_with_neg_noc85"].items()},
-            "search_vs_random": report["search_vs_random"]}, indent=1) + "\n")
+        rows = [done[a.to_json()] | {name: values[name][i] for name in SIGNALS} for i, a in enumerate(archs)]
+        quality = {"miou_at_1": np.array([r["miou_at_1"] for r in rows]),
+                   "neg_noc85": -np.array([r["noc85"] for r in rows])}
+        report = {
+            "scale": {"train_resolution": args.train_resolution, "signal_resolution": SIGNAL_RESOLUTION,
+                      "steps": args.steps, "batch_size": args.batch_size, "images": args.images, "train": args.train,
+                      "eval": args.eval, "threads": args.threads, "device": args.device,
+                      "supernet_runs": args.supernet_runs, "predictor_pairs": args.predictor_pairs,
+                      "predictor_heldout_spearman": values["predictor_heldout_spearman"][0],
+                      "target": args.target, "search_budget_ms": budget},
+            "architectures": rows,
+            "correlation_with_miou_at_1": correlations(quality["miou_at_1"], values),
+            "correlation_with_neg_noc85": correlations(quality["neg_noc85"], values),
+            "search_vs_random": {
+                "searched": {k: done[searched.to_json()][k] for k in ("miou_at_1", "noc85")}
+                | {"latency_ms": searched_ms},
+                "random": [{k: done[a.to_json()][k] for k in ("miou_at_1", "noc85")}
+                           | {"latency_ms": predict_latency(a, table, SETTING).latency_ms} for a in randoms]},
+        }
+        (args.out / "report.json").write_text(json.dumps(report, indent=1))
+        if args.evidence:
+            args.evidence.write_text(json.dumps({
+                "date": datetime.date.today().isoformat(),
+                "scale": {"architectures": len(rows), "space": BASE_SPACE, "steps": args.steps,
+                          "train_resolution": args.train_resolution, "machine": args.machine} | report["scale"]
+                     | {"train": args.train.split(":")[0], "eval": args.eval.split(":")[0]},  # the sets, not paths
+                "kendall_tau_miou_at_1": {k: v["kendall_tau"] for k, v in report["correlation_with_miou_at_1"].items()},
+                "spearman_miou_at_1": {k: v["spearman"] for k, v in report["correlation_with_miou_at_1"].items()},
+                "kendall_tau_neg_noc85": {k: v["kendall_tau"] for k, v in report["correlation_with_neg_noc85"].items()},
+                "search_vs_random": report["search_vs_random"]}, indent=1) + "\n")
     if args.json:
         print(json.dumps(report, indent=1))
         return

@@ -214,8 +214,10 @@ def test_search_quotes_the_measured_rank_correlation_of_its_score():
     worse = {"date": "2026-12-01", "scale": scale, "kendall_tau_miou_at_1": {"naswot": 0.1, "flops": 0.3}}
     line = evidence_line("naswot", worse)
     assert "naswot +0.10, FLOPs +0.30" in line and "no signal ranks trained students better than FLOPs" in line
-    better = worse | {"kendall_tau_miou_at_1": {"naswot": 0.4, "flops": 0.3}}
+    better = worse | {"kendall_tau_miou_at_1": {"naswot": 0.5, "flops": 0.3}}
     assert "the best signal is naswot" in evidence_line("naswot", better)
+    noise = worse | {"kendall_tau_miou_at_1": {"naswot": 0.1, "flops": -0.2}}  # 16 architectures: 2 s.e. = 0.37
+    assert "no signal is distinguishable from chance at this scale (|tau| < 0.37)" in evidence_line("naswot", noise)
     assert evidence_line("predictor", {"kendall_tau_miou_at_1": {"naswot": 0.1, "flops": 0.3}}) is None
     shipped = load_evidence()  # the benchmark's measurement ships with the package
     assert shipped is not None and {"naswot", "flops", "supernet", "predictor"} <= set(shipped["kendall_tau_miou_at_1"])
