@@ -85,8 +85,10 @@ def test_int8_export_runs_on_the_runtime_with_a_quantization_parity_report(tmp_p
     float_info = export_student(calibrated_student, fmt, tmp_path / "f")
     assert 0 < report["max_abs_logit_diff"] and report["mask_iou_mean"] > 0.5
     assert float_info["precision"] == "fp32"
-    if fmt == "executorch":  # the runtime computes what the quantized PT2E graph computes, rounded its own way
-        assert info["parity_max_abs_diff"] < 0.05 and info["quantization"]["float_ops"] == []
+    if fmt == "executorch":  # the runtime computes the quantized PT2E graph, rounding its own way: it
+        # differs from that graph by no more than the graph differs from float
+        quantization_error = max(report["max_abs_logit_diff"], report["max_abs_iou_logit_diff"])
+        assert info["parity_max_abs_diff"] <= 2 * quantization_error and info["quantization"]["float_ops"] == []
 
 
 def test_int8_export_errors(tmp_path, tiny_student, capsys):

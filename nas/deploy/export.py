@@ -25,8 +25,8 @@ from nas.deploy.quantize import (
     CalibrationItem,
     calibration_items,
     float_ops,
+    int8_parity,
     lower_pt2e,
-    parity,
     quantize_onnx,
     quantize_pt2e,
 )
@@ -174,7 +174,7 @@ def _export_int8(program: TracedTap, fmt: str, out: Path, path: Path, items: lis
         "quantization": {"scheme": scheme, "calibration_data": calibration_data or "bundled photos",
                          "calibration_images": len(items),
                          "float_ops": kept if kept is not None else "not listed for ONNX QDQ"},
-        "int8_parity": parity(reference, [tuple(o) for o in outputs]),
+        "int8_parity": int8_parity(reference, [tuple(o) for o in outputs]),
         "weights_bytes_float": 4 * sum(p.numel() for p in program.parameters()),
         "program_bytes": len(data)}
     atomic_write(out / "export.json", lambda f: f.write(json.dumps(info, indent=1).encode()))

@@ -141,7 +141,7 @@ def float_ops(graph: torch.fx.GraphModule) -> list[str]:
     return kept
 
 
-def parity(float_outputs: list[tuple[torch.Tensor, torch.Tensor]],
+def int8_parity(float_outputs: list[tuple[torch.Tensor, torch.Tensor]],
            int8_outputs: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
     """Float vs int8 on the same inputs: mask IoU (logits > 0), max logit and IoU-logit differences."""
     ious, logit_diff, iou_diff = [], 0.0, 0.0
