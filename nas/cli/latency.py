@@ -9,7 +9,7 @@ from pathlib import Path
 
 from nas import __version__
 from nas.cli.common import positive_int, read_arch, window_fraction
-from nas.latency.calibrate import calibrate, read_measurements, read_published, write_measurements
+from nas.latency.calibrate import MODELS, calibrate, read_measurements, read_published, write_measurements
 from nas.latency.importers import FORMATS, check_ofa_net, import_tables
 from nas.latency.predict import predict_latency
 from nas.latency.profiling.backends import BACKENDS
@@ -92,14 +92,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     cal = actions.add_parser(
         "calibrate", help="fit a base table to a device from a few end-to-end measurements",
-        description="For a device you cannot profile op by op: fit latency = overhead + sum over op classes "
-                    "(conv_1x1, conv_dw, conv_kxk, se, eltwise, upsample, clicks, tap_head) of scale x base-table "
-                    "latency, by non-negative least squares with a weak prior of scale 1, to end-to-end latencies "
-                    "of a handful of architectures. Prints the leave-one-out error and writes the base table "
-                    "rescaled per class, with provenance 'calibrated' and that error in its metadata.",
-        epilog="CSV columns: arch (ArchConfig JSON or a path to one), latency_ms. 'nas latency validate "
-               "--measurements-out' writes such a file for this machine.")
-    cal.add_argument("--base", required=True, help="base table (name or .json)")
+        description="For a device you cannot profile op by op: fit a few-shot latency model to end-to-end "
+                    "latencies of a handful of networks and write it as a table. Candidates, all non-negative "
+                    "least squares: FLOPs alone and FLOPs + offset (baselines); a global scale of the base "
+                    "table + offset; one scale per op class (conv_1x1, conv_dw, conv_kxk, se, eltwise, ...) "
+                    "shrunk toward the global scale; either plus architecture features (FLOPs, depthwise FLOPs, "
+                    "memory traffic, unit count); and with several --base tables a mix of them (transfer from "
+                    "devices already measured). Leave-one-out MAPE over the measurements chooses the model and "
+                    "its prior weight. Prints the choice next to the FLOPs baselines and writes the table, with "
+                    "provenance 'calibrated' and those errors in its metadata.",
+        epilog="CSV columns: arch (ArchConfig JSON or a path to one) or keys (op keys separated by spaces), and "
+               "latency_ms. 'nas latency validate --measurements-out' writes such a file for this machine.\n"
+               "example: nas latency calibrate --base x86-2core-ort-2t,x86-2core-ort-1t --published "
+               "published.csv --match 'iPhone 12' --out iphone12.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    cal.add_argument("--base", required=True, type=lambda text: [t for t in text.split(",") if t],
+                     help="base table (name or .json); several, comma-separated, also fit a transfer from all of "
+                          "them (the first is the primary: the calibrated table has its units)")
+    cal.add_argument("--models", type=lambda text: text.split(","), default=list(MODELS),
+                     help=f"candidate models, comma-separated (default all: {','.join(MODELS)})")
     source = cal.add_mutually_exclusive_group(required=True)
     source.add_argument("--measurements", metavar="CSV",
                         help="columns latency_ms and arch (ArchConfig JSON or path) or keys (a network's op keys "
@@ -132,6 +143,8 @@ def _tables(args: argparse.Namespace) -> int:
             print(f"{name:<28} {summary['provenance']:<10} {summary['runtime'] or '-':<20} "
                   f"threads={summary['threads'] or '-'} entries={summary['entries']}"
                   + (f" loo_mape={error:.1%}" if error is not None else "")
+                  + (f" flops_loo_mape={summary['flops_baseline_error']:.1%}"
+                     if summary["flops_baseline_error"] is not None else "")
                   + (f"\n{'':<28} {summary['notes']}" if summary["notes"] else ""))
     return 0
 
@@ -202,7 +215,7 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    base = resolve_target(args.base)
+    bases = [resolve_target(name) for name in args.base]
     if args.published:
         if not args.match:
             raise InvalidValueError("--published needs --match DEVICE_TEXT (e.g. 'iPhone 13')")
@@ -214,27 +227,29 @@ def _calibrate(args: argparse.Namespace) -> int:
                 print(f"  skipped {row.timm_name}: {str(err).splitlines()[0][:100]}")
                 continue
             used.append(row)
-        calibration = calibrate(base, key_lists, [row.latency_ms for row in used])
+        calibration = calibrate(bases, key_lists, [row.latency_ms for row in used], args.models)
         hardware = args.hardware or "; ".join(sorted({row.device for row in used}))
         runtime = args.runtime or "; ".join(sorted({row.runtime for row in used if row.runtime})) or None
     else:
         key_lists, measured = read_measurements(args.measurements)
-        calibration = calibrate(base, key_lists, measured)
+        calibration = calibrate(bases, key_lists, measured, args.models)
         hardware, runtime = args.hardware, args.runtime
     name = args.device or Path(args.out).stem
     # the device the measurements came from, not the base's machine (that stays in calibration.base)
     device = {"name": name, "hardware": hardware, "runtime": runtime, "threads": args.threads,
               "date": date.today().isoformat(), "tool_version": __version__}
-    table = calibration.apply(base, device)
+    table = calibration.apply(bases, device)
     table.save(args.out)
     loo = calibration.loo
     if args.json:
-        print(json.dumps({"out": args.out, "scales": calibration.scales, "overhead_ms": calibration.overhead_ms,
-                          "loo": loo}))
+        print(json.dumps({"out": args.out, "model": calibration.model, "coefficients": calibration.coefficients,
+                          "scales": calibration.scales, "overhead_ms": calibration.overhead_ms, "loo": loo,
+                          "baselines": calibration.baselines}))
         return 0
-    print(f"{args.out}: {name} calibrated on {base.name} from {loo['n']} measurements")
-    print(f"  leave-one-out: mape {loo['mape']:.1%}, within_10pct {loo['within_10pct']:.2f}, "
-          f"spearman {loo['spearman']:.3f}")
-    print(f"  model: {calibration.model}; scales: " + ", ".join(f"{c}={s:.3g}" for c, s in calibration.scales.items())
-          + f"; overhead {calibration.overhead_ms:.3f} ms; other classes x{calibration.default_scale:.3g}")
+    print(f"{args.out}: {name} calibrated on {', '.join(calibration.bases)} from {loo['n']} measurements")
+    print(f"  {'leave-one-out':<16} {'mape':>7} {'within_10pct':>13} {'spearman':>9}")
+    for label, score in [(calibration.model, loo)] + list(calibration.baselines.items()):
+        print(f"  {label:<16} {score['mape']:>7.1%} {score['within_10pct']:>13.2f} {score['spearman']:>9.3f}")
+    print("  weights: " + ", ".join(f"{c}={w:.3g}" for c, w in calibration.coefficients.items())
+          + f"; overhead {calibration.overhead_ms:.3f} ms")
     return 0

@@ -9,7 +9,7 @@ from nas.cli.common import add_space_arg, non_negative_float, positive_float, po
 from nas.latency.op_keys import OpKey
 from nas.latency.profiling.backends import BACKENDS
 from nas.latency.profiling.bundle import BUNDLE_BACKENDS, read_results, write_bundle
-from nas.latency.profiling.profiler import profile, profile_keys
+from nas.latency.profiling.profiler import profile, profile_keys, read_keys
 from nas.latency.timm_keys import timm_op_keys
 from search_spaces.common.errors import InvalidValueError
 from search_spaces.common.resources import ray_session
@@ -45,6 +45,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--timm-models", metavar="NAME[@RES],...",
                         help="also profile the ops of these timm models (default resolution 224), e.g. to "
                              "calibrate against published latencies of those models")
+    parser.add_argument("--keys", metavar="FILE",
+                        help="profile these op keys instead of the space's (whitespace-separated, '#' starts a "
+                             "comment): units of any network, e.g. another search space's, for 'nas latency "
+                             "calibrate --measurements' with a keys column; custom units need a registered op kind")
+    parser.add_argument("--remeasure", action="store_true",
+                        help="time the keys again even where the table has them, replacing their entries (e.g. "
+                             "after a profiling builder changed)")
     parser.add_argument("--max-seconds", type=positive_float, default=2.0, help="time cap per op (default 2 s)")
     parser.add_argument("--recheck-above-ms", type=non_negative_float, metavar="MS",
                         help="afterwards time every op slower than MS once more and keep the faster median: "
@@ -92,13 +99,16 @@ def _profile(args: argparse.Namespace) -> int:
     devices = [d for d in args.device.split(",") if d]
     if args.in_context:
         return _profile_in_context(devices, args)
-    keys = profile_keys(args.space)[: args.limit]
+    if args.remeasure and not args.keys:
+        raise InvalidValueError("--remeasure re-times the keys of --keys FILE; rerun without it to resume a profile")
+    keys = (read_keys(args.keys) if args.keys else profile_keys(args.space))[: args.limit]
     for spec in filter(None, (args.timm_models or "").split(",")):
         name, _, res = spec.partition("@")
         keys += timm_op_keys(name, int(res) if res else 224)
     if len(devices) == 1 and not args.ray_address:
-        table = profile(keys, args.out, devices[0], args.backend, args.threads, args.space,
-                        recheck_above_ms=args.recheck_above_ms, max_seconds=args.max_seconds)
+        table = profile(keys, args.out, devices[0], args.backend, args.threads, None if args.keys else args.space,
+                        recheck_above_ms=args.recheck_above_ms, remeasure=args.remeasure,
+                        max_seconds=args.max_seconds)
         print(f"{args.out}: {len(table.entries)} entries for {devices[0]} ({args.backend}, {args.threads} threads)")
         return 0
     outs = _profile_with_ray(devices, [str(k) for k in keys], Path(args.out), args)
@@ -110,9 +120,9 @@ def _profile(args: argparse.Namespace) -> int:
 def _profile_in_context(devices: list[str], args: argparse.Namespace) -> int:
     if args.backend != "onnxruntime":
         raise InvalidValueError("--in-context reads ONNX Runtime's node profiler: use --backend onnxruntime")
-    if len(devices) != 1 or args.ray_address or args.timm_models or args.recheck_above_ms is not None:
-        raise InvalidValueError("--in-context profiles one device here; it takes no --ray-address, --timm-models or "
-                         "--recheck-above-ms")
+    if len(devices) != 1 or args.ray_address or args.timm_models or args.keys or args.recheck_above_ms is not None:
+        raise InvalidValueError("--in-context profiles one device here; it takes no --ray-address, --timm-models, "
+                                "--keys or --recheck-above-ms")
     from nas.latency.profiling.in_context import profile_context  # needs the onnx package (the 'mobile' extra)
 
     table = profile_context(args.out, devices[0], args.threads, args.space, limit=args.limit)
@@ -130,8 +140,9 @@ def _profile_with_ray(devices: list[str], keys: list[str], out_dir: Path, args: 
     @ray.remote
     def run(device: str) -> tuple[str, int]:
         path = out_dir / f"{device}.json"
-        table = profile([OpKey.parse(k) for k in keys], path, device, args.backend, args.threads, args.space,
-                        progress=False, recheck_above_ms=args.recheck_above_ms, max_seconds=args.max_seconds)
+        table = profile([OpKey.parse(k) for k in keys], path, device, args.backend, args.threads,
+                        None if args.keys else args.space, progress=False, recheck_above_ms=args.recheck_above_ms,
+                        remeasure=args.remeasure, max_seconds=args.max_seconds)
         return str(path), len(table.entries)
 
     with ray_session(args.ray_address, log_to_driver=False):
@@ -142,7 +153,7 @@ def _profile_with_ray(devices: list[str], keys: list[str], out_dir: Path, args: 
 
 
 def _bundle(args: argparse.Namespace) -> int:
-    keys = profile_keys(args.space)[: args.limit]
+    keys = (read_keys(args.keys) if args.keys else profile_keys(args.space))[: args.limit]
     out = write_bundle(keys, args.backend, args.out, args.space)
     print(f"{out}: {len(keys)} ops for {args.backend}; on the device run: python run_bundle.py --threads N")
     return 0

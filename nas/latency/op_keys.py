@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import timm.layers
@@ -30,8 +31,15 @@ from search_spaces.students.student import TraceNetStudent, output_cells
 from search_spaces.tracing.tracer import ReceptiveFieldTracer, TracePlan
 
 Attr = str | int
+UnitAttrs = Callable[[nn.Module, int], dict[str, Attr]]  # (module, output channels) -> its key's attributes
 
 _ZERO_COST = (nn.Identity, nn.Dropout, timm.layers.DropPath)  # identities at inference
+# activations a conv's unit absorbs, and that `act` units price; any other per-pixel module needs an op kind
+ACTIVATION_TYPES = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.GELU, nn.Hardsigmoid, nn.SiLU, nn.Sigmoid, nn.Tanh,
+                    nn.LeakyReLU)
+_ACTIVATION_NAMES = {cls.__name__.lower() for cls in ACTIVATION_TYPES}
+# modules traced as units of their own kind (`register_op_kind` with a module_type): type -> (kind, attributes)
+UNIT_MODULES: dict[type, tuple[str, UnitAttrs]] = {}
 _KEY_RE = re.compile(r"^(?P<kind>[a-z_][a-z0-9_]*)\[(?P<attrs>[^\]]*)\]@(?P<h>\d+)x(?P<w>\d+)$")
 
 
@@ -84,6 +92,9 @@ def _act_name(module: nn.Module) -> str | None:
     act = getattr(module, "act", module)  # timm's BatchNormAct2d carries its activation as .act
     if isinstance(act, _ZERO_COST) or isinstance(act, nn.modules.batchnorm._BatchNorm):
         return None
+    if type(act).__name__.lower() not in _ACTIVATION_NAMES:  # by name: timm has its own GELU, ...
+        raise OpKeyError(f"{type(act).__name__} is traced per pixel but is not an activation a table prices; give "
+                         "it a unit of its own with register_op_kind(OpKind(..., module_type=...))")
     return type(act).__name__.lower()
 
 
@@ -105,13 +116,17 @@ def trunk_op_keys(tracer: ReceptiveFieldTracer, plan: TracePlan, in_channels: in
         if node in fused or node not in plan.boxes or op.kind in ("input", "const", "output"):
             continue
         out = shapes[node]
-        if op.kind == "window":
+        if node.op == "call_module" and type(module.get_submodule(node.target)) in UNIT_MODULES:
+            kind, attrs = UNIT_MODULES[type(module.get_submodule(node.target))]
+            keys.append(OpKey.make(kind, out[-2:], **attrs(module.get_submodule(node.target), out[1])))
+        elif op.kind == "window":
             m = module.get_submodule(node.target)
             act, tail = "none", node
             # fold the BN / activation chain that only this conv feeds, as runtimes do
             while len(tail.users) == 1:
                 user = next(iter(tail.users))
-                if user.op != "call_module" or tracer.ops[user].kind != "pointwise":
+                if (user.op != "call_module" or tracer.ops[user].kind != "pointwise"
+                        or type(module.get_submodule(user.target)) in UNIT_MODULES):
                     break
                 leaf = module.get_submodule(user.target)
                 if not isinstance(leaf, (*_ZERO_COST, nn.modules.batchnorm._BatchNorm)) and _act_name(leaf) is None:

@@ -17,12 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.latency.op_keys import OpKey, OpKeyError
+from nas.latency.op_keys import ACTIVATION_TYPES, UNIT_MODULES, OpKey, OpKeyError, UnitAttrs
 from search_spaces.common.errors import TraceNASError
 from search_spaces.modules.backbone import SE_LAYER
 from search_spaces.modules.head import TapHead, encode_clicks, relative_coords
 from search_spaces.students.student import MASK_STRIDE
 from search_spaces.tracing.box import Box
+from search_spaces.tracing.rules import DEFAULT_RULES, TracingRules
 
 Builder = Callable[[OpKey], tuple[nn.Module, tuple[torch.Tensor, ...]]]
 
@@ -36,15 +37,10 @@ class Activation:
 
 
 # a fused activation's ONNX nodes must follow its anchor in order: a GELU is five nodes
-ACTIVATIONS = {
-    "none": Activation(nn.Identity, ()),
-    "relu": Activation(nn.ReLU, ("Relu",)),
-    "relu6": Activation(nn.ReLU6, ("Clip",)),
-    "hardswish": Activation(nn.Hardswish, ("HardSwish",)),
-    "gelu": Activation(nn.GELU, ("Div", "Erf", "Add", "Mul", "Mul")),
-    **{cls.__name__.lower(): Activation(cls, None) for cls in (nn.Hardsigmoid, nn.SiLU, nn.Sigmoid, nn.Tanh,
-                                                              nn.LeakyReLU)},
-}
+_ONNX_ACTIVATION_NODES = {nn.ReLU: ("Relu",), nn.ReLU6: ("Clip",), nn.Hardswish: ("HardSwish",),
+                          nn.GELU: ("Div", "Erf", "Add", "Mul", "Mul")}
+ACTIVATIONS = {"none": Activation(nn.Identity, ()),
+               **{cls.__name__.lower(): Activation(cls, _ONNX_ACTIVATION_NODES.get(cls)) for cls in ACTIVATION_TYPES}}
 ELTWISE_ONNX = {"add": "Add", "mul": "Mul", "sub": "Sub", "cat": "Concat"}
 
 
@@ -62,6 +58,9 @@ class OpKind:
     onnx_anchor: Callable[[OpKey], str | None] | None = None  # the ONNX op type its unit starts with
     onnx_activation: str | None = None  # the attribute naming the activation whose nodes follow the anchor
     onnx_closer: str = ""  # the unit owns every node up to this op type (an SE runs to its gate's Mul)
+    module_type: type | None = None  # a module traced as one unit of this kind (not fused into a conv)
+    key_attrs: UnitAttrs | None = None  # the attributes of that module's key, from it and its output channels
+    tracing: str = "pointwise"  # how the tracer maps that module's space: "pointwise" or "local_pool"
 
     def calibration_class_of(self, key: OpKey) -> str:
         return self.calibration_class(key) if self.calibration_class else self.name
@@ -83,6 +82,8 @@ class OpKind:
 
 
 def _act(name: object) -> nn.Module:
+    if str(name) not in ACTIVATIONS:
+        raise OpKeyError(f"no activation {name!r} to profile (known: {', '.join(ACTIVATIONS)})")
     return ACTIVATIONS[str(name)].module()
 
 
@@ -238,9 +239,27 @@ OP_KINDS: dict[str, OpKind] = {kind.name: kind for kind in (
 
 
 def register_op_kind(kind: OpKind) -> OpKind:
-    """Add (or replace) an op kind; profiling, calibration and in-context matching then know it."""
+    """Add (or replace) an op kind; profiling, calibration, features and in-context matching then know it.
+    With a `module_type`, op keys trace every such module as one unit of this kind, and
+    `tracing_rules()` declares it to the tracer."""
+    if kind.tracing not in ("pointwise", "local_pool"):
+        raise OpKeyError(f"op kind {kind.name!r}: tracing must be 'pointwise' or 'local_pool', not {kind.tracing!r}")
+    if (kind.module_type is None) != (kind.key_attrs is None):
+        raise OpKeyError(f"op kind {kind.name!r}: module_type and key_attrs go together")
     OP_KINDS[kind.name] = kind
+    if kind.module_type is not None:
+        UNIT_MODULES[kind.module_type] = (kind.name, kind.key_attrs)
     return kind
+
+
+def tracing_rules(rules: TracingRules = DEFAULT_RULES) -> TracingRules:
+    """`rules` extended with the module of every registered op kind that has one, so a tracer built with
+    them traces networks that use those modules."""
+    for kind in OP_KINDS.values():
+        if kind.module_type is not None and kind.module_type not in rules.leaf_types:
+            rules = (rules.with_pointwise(kind.module_type) if kind.tracing == "pointwise"
+                     else rules.with_local_pool(kind.module_type))
+    return rules
 
 
 def op_kind(key: OpKey) -> OpKind:

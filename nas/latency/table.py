@@ -208,9 +208,12 @@ class LatencyTable:
         return Prediction(total, per_key, kinds["interpolated"], kinds["extrapolated"])
 
     def summary(self) -> dict:
+        baseline = (self.calibration or {}).get("baselines", {}).get("flops+offset", {})
         return {"name": self.name, "provenance": self.provenance, "entries": len(self.entries),
                 "runtime": self.device.get("runtime"), "threads": self.device.get("threads"),
-                "calibration_error": (self.calibration or {}).get("loo_mape"), "notes": self.notes}
+                "calibration_error": (self.calibration or {}).get("loo_mape"),
+                "flops_baseline_error": baseline.get("mape"),
+                "notes": self.notes}
 
 
 class UnknownTargetError(LatencyTableError):

@@ -22,11 +22,11 @@ import torch
 from tqdm import tqdm
 
 from nas import __version__
-from nas.latency.op_keys import OpKey, arch_op_keys
+from nas.latency.op_keys import OpKey, OpKeyError, arch_op_keys
 from nas.latency.op_kinds import op_kind, op_module
 from nas.latency.profiling.backends import Backend, get_backend
 from nas.latency.table import Entry, LatencyTable, LatencyTableError, shape_ladder
-from search_spaces.common.files import exclusive
+from search_spaces.common.files import exclusive, read_text
 from search_spaces.common.resources import sigterm_as_interrupt
 from search_spaces.space import ArchConfig, get_space
 
@@ -67,6 +67,22 @@ def profile_keys(space: str) -> list[OpKey]:
 
 
 # ---------------------------------------------------------------- timing
+def read_keys(path: str | Path) -> list[OpKey]:
+    """Op keys from a text file: whitespace-separated, '#' starts a comment; each must be a registered kind."""
+    keys = []
+    for line_no, line in enumerate(read_text(Path(path), "op key file").splitlines(), start=1):
+        for text in line.split("#", 1)[0].split():
+            try:
+                key = OpKey.parse(text)
+                op_kind(key)
+            except OpKeyError as err:
+                raise OpKeyError(f"{path}:{line_no}: {err}") from None
+            keys.append(key)
+    if not keys:
+        raise OpKeyError(f"{path}: no op keys")
+    return keys
+
+
 def measure(run: Callable[[], object], warmup: int = 5, min_runs: int = 10, max_runs: int = 200,
             max_seconds: float = 2.0, rel_tol: float = 0.02) -> Entry:
     """Time `run` in chunks of 10 until the median moves < `rel_tol` between chunks (or a cap is hit),
@@ -138,8 +154,9 @@ def open_table(path: Path, device: dict, space: str | None) -> LatencyTable:
 
 def profile(keys: Iterable[OpKey], out: str | Path, device: str, backend: str, threads: int,
             space: str | None = None, progress: bool = True, recheck_above_ms: float | None = None,
-            **measure_options: float) -> LatencyTable:
-    """Measure every key missing from the table at `out`, saving as it goes (a rerun resumes).
+            remeasure: bool = False, **measure_options: float) -> LatencyTable:
+    """Measure every key missing from the table at `out` (with `remeasure`, every key, replacing its
+    entry), saving as it goes (a rerun resumes).
 
     `recheck_above_ms`: then time the keys whose median exceeds it once more and keep the faster
     median. A slow phase of a shared VM (or a throttled phone) lasts seconds to minutes and inflates
@@ -150,7 +167,7 @@ def profile(keys: Iterable[OpKey], out: str | Path, device: str, backend: str, t
     with exclusive(out), sigterm_as_interrupt():  # one writer per table; SIGTERM stops like Ctrl-C
         table = open_table(out, device_metadata(device, backend, threads, runtime.runtime_version), space)
         keys = list(dict.fromkeys(keys))
-        todo = [k for k in keys if str(k) not in table.entries]
+        todo = keys if remeasure else [k for k in keys if str(k) not in table.entries]
         try:
             _measure_into(table, todo, runtime, out, f"profile {device} ({backend}, {threads}t)", progress,
                           measure_options, keep_faster=False)
