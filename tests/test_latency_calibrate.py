@@ -174,3 +174,57 @@ def test_calibration_from_op_key_lists_equals_calibration_from_the_architectures
                  "--out", str(tmp_path / "bad.json")]) == 2
     err = capsys.readouterr().err
     assert "bad.csv:2:" in err and err.count("\n") == 1 and not (tmp_path / "bad.json").exists()
+
+
+def _random_table(name: str, seed: int) -> LatencyTable:
+    rng = np.random.default_rng(seed)
+    table = LatencyTable(device={"name": name}, provenance="measured", space=TINY)
+    for key in profile_keys(TINY):
+        ms = float(rng.lognormal(-3, 1)) * key.out_hw[0] * key.out_hw[1] / 64
+        table.add(str(key), Entry(count=10, mean=ms, median=ms, p90=ms, std=0.1 * ms))
+    return table
+
+
+def test_transfer_and_architecture_features_are_found_and_written_as_a_table(base):
+    """A device that is a mix of two measured devices, plus a cost per FLOP the tables do not have: the
+    transfer model with features is chosen, written as a lookup table that predicts unseen networks, and the
+    FLOPs baselines are kept next to it in the table's metadata."""
+    from nas.latency.features import network_features
+
+    other = _random_table("other-device", 7)
+    rng = np.random.default_rng(8)
+    archs = [ArchConfig.sample(rng, TINY) for _ in range(20)]
+    unseen = [ArchConfig.sample(rng, TINY) for _ in range(20)]
+
+    def device(arch):
+        keys = setting_op_keys(arch, REFERENCE_SETTING)
+        return (0.6 * base.predict(keys).total_ms + 0.3 * other.predict(keys).total_ms
+                + 1.0 * network_features(keys)[0] + 0.2)  # ms per MFLOP: a third of the latency
+
+    calibration = calibrate_archs([base, other], archs, [device(a) for a in archs])
+    assert calibration.model == "transfer+arch" and calibration.loo["mape"] < 0.01
+    assert calibration.coefficients["host:all"] == pytest.approx(0.6, rel=0.05)
+    assert calibration.coefficients["other-device:all"] == pytest.approx(0.3, rel=0.05)
+    assert set(calibration.baselines) == {"flops", "flops+offset"}
+    assert calibration.baselines["flops+offset"]["mape"] > 5 * calibration.loo["mape"]
+    table = calibration.apply([base, other], {"name": "phone"})
+    assert table.calibration["baselines"] == calibration.baselines
+    assert table.summary()["flops_baseline_error"] == calibration.baselines["flops+offset"]["mape"]
+    for arch in unseen:
+        keys = setting_op_keys(arch, REFERENCE_SETTING)
+        assert table.predict(keys).total_ms == pytest.approx(device(arch), rel=0.02)
+        assert table.predict(keys).total_ms == pytest.approx(calibration.predict_ms(keys, [base, other]), rel=0.02)
+    with pytest.raises(CalibrationError, match="reads the tables"):
+        calibration.apply(base, {"name": "phone"})
+    with pytest.raises(CalibrationError, match="unknown calibration model"):
+        calibrate_archs(base, archs, [device(a) for a in archs], models=("magic",))
+
+
+def test_flops_alone_is_chosen_when_the_device_runs_at_a_fixed_flop_rate(base):
+    from nas.latency.features import network_features
+
+    rng = np.random.default_rng(9)
+    archs = [ArchConfig.sample(rng, TINY) for _ in range(12)]
+    measured = [1e-3 * network_features(setting_op_keys(a, REFERENCE_SETTING))[0] for a in archs]
+    calibration = calibrate_archs(base, archs, measured)
+    assert calibration.model.startswith("flops") and calibration.loo["mape"] < 1e-6

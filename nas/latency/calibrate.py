@@ -114,6 +114,10 @@ class Calibration:
             total += float(np.dot(features, unit_features(key)))
         return total
 
+    def predict_ms(self, keys: Sequence[OpKey], bases: Sequence[LatencyTable]) -> float:
+        """The model's latency of a network (what the calibrated table predicts for it)."""
+        return self.overhead_ms + sum(self.unit_ms(key, bases) for key in keys)
+
     def apply(self, bases: LatencyTable | Sequence[LatencyTable], device: dict) -> LatencyTable:
         """The calibrated table: every unit of the primary base that all the model's bases price."""
         bases = [bases] if isinstance(bases, LatencyTable) else list(bases)
@@ -127,7 +131,7 @@ class Calibration:
         if "flops+offset" in self.baselines:
             notes += f" (FLOPs + offset: {self.baselines['flops+offset']['mape']:.1%})"
         table = LatencyTable(device=device, provenance="calibrated", space=primary.space,
-                             overhead_ms=self.overhead_ms + sum(b.overhead_ms * self._scale_of(b) for b in used),
+                             overhead_ms=self.overhead_ms,  # fitted on unit sums: it holds the bases' own
                              calibration={"base": primary.name, "base_provenance": primary.provenance,
                                           "bases": list(self.bases), "model": self.model,
                                           "method": _METHODS[self.model.split(" @")[0]],
@@ -146,11 +150,6 @@ class Calibration:
                                   p90=self.unit_ms(key, bases, "p90"),
                                   std=entry.std * mean / entry.mean if entry.mean > 0 else 0.0))
         return table
-
-    def _scale_of(self, base: LatencyTable) -> float:
-        """How much of a base's own fixed overhead the model carries (its total or global scale)."""
-        return self.coefficients.get(f"{base.name}:all", self.default_scales[base.name])
-
 
 _METHODS = {"flops": "FLOPs x scale (NNLS)", "flops+offset": "FLOPs x scale + overhead (NNLS)",
             "global": "global NNLS scale + overhead",
