@@ -167,3 +167,37 @@ def test_validate_measures_random_subnets_and_feeds_calibrate(tmp_path, tiny_tab
                  "--out", str(tmp_path / "cal.json")]) == 0
     assert LatencyTable.load(tmp_path / "cal.json").provenance == "calibrated"
     assert main(["latency", "validate", "--target", str(tiny_table_path), "--backend", "torch", "--n", "1"]) == 2
+
+
+def test_a_table_prices_programs_of_its_own_precision_only(tmp_path, tiny_table_path, capsys):
+    """An int8 table never prices a float program (the default), nor a float table an int8 one: one line each."""
+    from nas.cli.main import main
+    from nas.latency.predict import predict_latency
+    from nas.latency.setting import LatencySetting
+    from nas.latency.table import PrecisionMismatchError
+    from search_spaces import ArchConfig
+
+    data = json.loads(tiny_table_path.read_text())
+    data["device"] |= {"name": "tiny-int8", "dtype": "int8"}
+    int8_path = tmp_path / "tiny-int8.json"
+    int8_path.write_text(json.dumps(data))
+    int8, fp32 = LatencyTable.load(int8_path), LatencyTable.load(tiny_table_path)
+    assert (int8.precision, fp32.precision) == ("int8", "fp32")
+    arch = ArchConfig.smallest("tracenet_tiny")
+    assert predict_latency(arch, int8, LatencySetting(precision="int8")).latency_ms == pytest.approx(
+        predict_latency(arch, fp32).latency_ms)
+    with pytest.raises(PrecisionMismatchError, match="prices int8 programs, not fp32"):
+        predict_latency(arch, int8)
+    arch_path = tmp_path / "arch.json"
+    arch_path.write_text(arch.to_json())
+    for table, extra, message in ((int8_path, [], "prices int8 programs, not fp32"),
+                                  (tiny_table_path, ["--precision", "int8"], "prices fp32 programs, not int8")):
+        capsys.readouterr()
+        assert main(["latency", "predict", "--target", str(table), "--arch", str(arch_path)] + extra) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    assert main(["latency", "predict", "--target", str(int8_path), "--arch", str(arch_path),
+                 "--precision", "int8"]) == 0
+    assert main(["search", "--target", str(int8_path), "--budget", "50ms", "--space", "tracenet_tiny",
+                 "--out", str(tmp_path / "run"), "--generations", "1", "--population", "4"]) == 2
+    assert "prices int8 programs, not fp32" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import json
 
 from nas.cli.common import fraction_pair, positive_int, read_arch, window_fraction
 from nas.latency.profiling.backends import BACKENDS
-from nas.latency.setting import LatencySetting, parse_image_size
+from nas.latency.setting import PRECISIONS, LatencySetting, parse_image_size
 from search_spaces.common.errors import InvalidValueError
 
 
@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--format", required=True, choices=list(FORMATS))
     export.add_argument("--out", required=True, help="output folder")
     export.add_argument("--clicks", type=positive_int, default=4, help="click rows of the program (default 4)")
-    export.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+    export.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="int8: post-training W8A8 quantization (executorch: PT2E + XNNPACK quantizer; onnx: "
                              "ONNX Runtime static QDQ), with its parity against float in export.json (default fp32)")
     export.add_argument("--calibration-data", metavar="SPEC",

@@ -13,7 +13,7 @@ from nas.latency.calibrate import MODELS, calibrate, read_measurements, read_pub
 from nas.latency.importers import FORMATS, check_ofa_net, import_tables
 from nas.latency.predict import predict_latency
 from nas.latency.profiling.backends import BACKENDS
-from nas.latency.setting import LatencySetting, parse_image_size
+from nas.latency.setting import PRECISIONS, LatencySetting, parse_image_size
 from nas.latency.table import LatencyTable, available_targets, resolve_target
 from nas.latency.timm_keys import timm_op_keys
 from nas.latency.validate import validate
@@ -50,6 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--window", type=window_fraction, default=LatencySetting.window,
                          help="output window side as a fraction of the resolution, or 'full' (default full: the "
                               "whole object)")
+    predict.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                         help="precision of the program to price; the table must be of that precision (default fp32)")
     predict.add_argument("--json", action="store_true", help="print one JSON object")
     predict.set_defaults(func=_predict)
 
@@ -152,7 +154,7 @@ def _tables(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     arch = read_arch(args.arch)
     table = resolve_target(args.target)
-    setting = LatencySetting(image_size=args.image_size, window=args.window)
+    setting = LatencySetting(image_size=args.image_size, window=args.window, precision=args.precision)
     result = predict_latency(arch, table, setting)
     report = {"target": table.name, "provenance": table.provenance,
               "calibration_error": (table.calibration or {}).get("loo_mape"),

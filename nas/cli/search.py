@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from nas.cli.common import add_space_arg, fraction_pair, positive_int, window_fraction
-from nas.latency.setting import parse_image_size
+from nas.latency.setting import PRECISIONS, parse_image_size
 from nas.search.run import run_search
 from nas.search.scores.validity import evidence_line
 from nas.search.settings import ALGORITHMS, SearchSettings, load_settings, parse_budget
@@ -19,6 +19,7 @@ DEFAULTS = SearchSettings(targets=("-",), budgets_ms=(1.0,))
 # options a resumed run may change; the others must match the stored settings
 RESUMABLE = {"generations", "trials", "workers", "ray_address"}
 SETTING_OPTIONS = ("algo", "space", "seed", "population", "generations", "trials", "image_size", "tap", "window",
+                   "precision",
                    "workers", "ray_address", "storage", "include_fixed")
 
 EPILOG = """examples:
@@ -72,6 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                            "(default 0.5,0.5)")
     parser.add_argument("--window", type=window_fraction, help="output window side as a fraction of the resolution, or "
                                                        "'full' (default full: the whole object)")
+    parser.add_argument("--precision", choices=PRECISIONS, help="precision of the programs the targets price "
+                                                                "(default fp32); every target table must be of it")
     score = parser.add_argument_group("score (default: the NASWOT training-free proxy on real photos)")
     score.add_argument("--supernet", metavar="CKPT", help="score = mIoU-T of each subnet under this supernet "
                                                           "checkpoint, BN recalibrated per subnet (needs --data)")

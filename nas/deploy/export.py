@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 
 from nas.deploy.quantize import (
-    PRECISIONS,
     CalibrationItem,
     calibration_items,
     float_ops,
@@ -31,7 +30,7 @@ from nas.deploy.quantize import (
     quantize_pt2e,
 )
 from nas.latency.profiling.backends import export_coreml, export_executorch, export_onnx, onnx_feeds, package_version
-from nas.latency.setting import REFERENCE_SETTING, LatencySetting
+from nas.latency.setting import PRECISIONS, REFERENCE_SETTING, LatencySetting
 from search_spaces.common.errors import InvalidValueError
 from search_spaces.common.files import atomic_write
 from search_spaces.students.student import MASK_STRIDE, TraceNetStudent

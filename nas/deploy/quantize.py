@@ -29,7 +29,6 @@ from search_spaces.common.errors import TraceNASError
 from search_spaces.students.segmenter import resize_long_side
 from search_spaces.students.traced_tap import TracedTap
 
-PRECISIONS = ("fp32", "int8")
 CALIBRATION_IMAGES = 16
 
 

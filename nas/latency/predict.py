@@ -24,7 +24,9 @@ def setting_op_keys(arch: ArchConfig, setting: LatencySetting) -> list[OpKey]:
 
 
 def predict_latency(arch: ArchConfig, table: LatencyTable, setting: LatencySetting = REFERENCE_SETTING) -> ArchLatency:
-    """Sum of the table's latencies over the architecture's traced op keys at `setting`."""
+    """Sum of the table's latencies over the architecture's traced op keys at `setting` (whose precision
+    must be the table's)."""
+    table.require_precision(setting.precision)
     keys = setting_op_keys(arch, setting)
     prediction = table.predict(keys)
     per_kind: dict[str, float] = {}

@@ -5,6 +5,8 @@ Default: a landscape 4:3 photo resized so its long side is the architecture's re
 input W = resolution, H = 3/4 of it rounded to a multiple of 32), one tap at the image centre, and
 the whole output (the `Segmenter` default; `window` prices TraceNet's fixed window instead).
 `image_size` fixes the network input size instead (e.g. 1024x768) for every architecture.
+`precision` is the numeric format of the program (float32 unless an int8 table prices it): a
+latency table prices programs of one precision only.
 """
 
 from __future__ import annotations
@@ -28,13 +30,19 @@ def parse_image_size(text: str) -> tuple[int, int]:
     return w, h
 
 
+PRECISIONS = ("fp32", "int8")
+
+
 @dataclass(frozen=True)
 class LatencySetting:
     image_size: tuple[int, int] | None = None  # network input (width, height); None: from the resolution
     tap: tuple[float, float] = (0.5, 0.5)  # tap position as fractions of (width, height)
     window: float | None = DEFAULT_WINDOW  # output window side / resolution; None: the whole output
+    precision: str = "fp32"  # of the program: weights and activations float32, or int8 (W8A8)
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise InvalidValueError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
         if self.window is not None and not 0 < self.window <= 1:
             raise InvalidValueError(f"window must be a fraction of the resolution in (0, 1], got {self.window}")
         if not all(0 <= t <= 1 for t in self.tap):
@@ -61,7 +69,8 @@ class LatencySetting:
     def describe(self) -> dict:
         return {"image_size": "resolution-wide 4:3" if self.image_size is None else
                 f"{self.image_size[0]}x{self.image_size[1]}",
-                "tap": list(self.tap), "window": self.window if self.window is not None else "full"}
+                "tap": list(self.tap), "window": self.window if self.window is not None else "full",
+                "precision": self.precision}
 
 
 REFERENCE_SETTING = LatencySetting()

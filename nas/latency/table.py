@@ -28,10 +28,15 @@ VERSION = 1
 PROVENANCES = ("measured", "imported", "calibrated")
 DEVICE_FIELDS = ("name", "hardware", "os", "runtime", "runtime_version", "threads", "dtype", "date", "tool_version")
 STAT_FIELDS = ("count", "mean", "median", "p90", "std")
+DTYPE_PRECISION = {"float32": "fp32", "int8": "int8"}  # device metadata's dtype -> the setting's precision
 
 
 class LatencyTableError(TraceNASError, ValueError):
     """A latency table file that is missing, corrupt, of another schema or version, or inconsistent."""
+
+
+class PrecisionMismatchError(LatencyTableError):
+    """A table asked to price programs of another precision than it was measured at."""
 
 
 class MissingKeysError(LatencyTableError):
@@ -87,6 +92,17 @@ class LatencyTable:
     @property
     def name(self) -> str:
         return str(self.device.get("name", "?"))
+
+    @property
+    def precision(self) -> str:
+        """The precision of the programs it prices ('fp32' or 'int8'), from the device's dtype."""
+        return DTYPE_PRECISION.get(str(self.device.get("dtype") or "float32"), str(self.device.get("dtype")))
+
+    def require_precision(self, precision: str) -> None:
+        """A table prices programs of its own precision only."""
+        if self.precision != precision:
+            raise PrecisionMismatchError(f"table '{self.name}' prices {self.precision} programs, not {precision}; "
+                                         f"use a {precision} table (or --precision {self.precision})")
 
     # ---------------------------------------------------------------- file format
     def to_json(self) -> dict:
@@ -211,7 +227,7 @@ class LatencyTable:
         baseline = (self.calibration or {}).get("baselines", {}).get("flops+offset", {})
         return {"name": self.name, "provenance": self.provenance, "entries": len(self.entries),
                 "runtime": self.device.get("runtime"), "threads": self.device.get("threads"),
-                "calibration_error": (self.calibration or {}).get("loo_mape"),
+                "precision": self.precision, "calibration_error": (self.calibration or {}).get("loo_mape"),
                 "flops_baseline_error": baseline.get("mape"),
                 "notes": self.notes}
 

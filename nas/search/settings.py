@@ -45,6 +45,7 @@ class SearchSettings:
     image_size: tuple[int, int] | None = None
     tap: tuple[float, float] = (0.5, 0.5)
     window: float | None = REFERENCE_SETTING.window
+    precision: str = REFERENCE_SETTING.precision
     workers: int = 1
     ray_address: str | None = None
     storage: str | None = None  # Optuna RDB URL; None: sqlite study.db in the run directory
@@ -72,7 +73,7 @@ class SearchSettings:
         return self.budgets_ms[index if len(self.budgets_ms) > 1 else 0]
 
     def setting(self) -> LatencySetting:
-        return LatencySetting(image_size=self.image_size, tap=self.tap, window=self.window)
+        return LatencySetting(image_size=self.image_size, tap=self.tap, window=self.window, precision=self.precision)
 
     def algorithm(self) -> Evolution | OptunaSearch:
         return Evolution(self.generations) if self.algo == "evolution" else OptunaSearch(self.algo, self.trials)
