@@ -2,10 +2,12 @@
 profile op by op better than FLOPs does?
 
 Validation devices (the target's own tables are never a base):
-- this host, measured end to end: 60 random `tracenet_mbv3` students at the reference setting, timed by
-  `nas latency validate --n 60 --seed 1 --measurements-out` on each runtime and thread count (the CSVs
-  ship in `latency_tables/data/`). Cross-runtime: ONNX Runtime -> ExecuTorch-XNNPACK and back, 1 thread.
-  Threads: 1 -> 2 threads, ONNX Runtime and ExecuTorch.
+- this host, measured end to end: random `tracenet_mbv3` students at the reference setting, timed by
+  `nas latency validate --measurements-out` (the CSVs ship in `latency_tables/data/`): 20 networks on
+  ExecuTorch-XNNPACK at 1 and 2 threads (seed 0, measured with the tables) and 60 on ONNX Runtime at
+  1 and 2 threads (seed 1, measured later, when the same VM ran 1.5-3x slower per unit). Cross-runtime:
+  ONNX Runtime tables -> ExecuTorch and ExecuTorch tables -> ONNX Runtime, 1 thread. Threads: 1-thread
+  tables -> 2 threads. Drift: the ONNX Runtime tables -> the same runtime on the slower VM.
 - the Samsung Note10 of Once-for-All (per-block tables in `../shared/latency_reference/ofa_note10`): a
   network's latency is the sum of its blocks there, as in Once-for-All; random networks of OFA's
   MobileNetV3 w1.2 space, their fused ops profiled with ONNX Runtime on this host on first use.
@@ -53,13 +55,21 @@ from search_spaces.tracing.tracer import ReceptiveFieldTracer, TracingError
 ROOT = Path(__file__).resolve().parents[1]
 MEASURED = ROOT / "latency_tables" / "data"
 SHARED = ROOT.parent / "shared" / "latency_reference"
-# (case, target measurements, base tables: the first is primary)
+# (case, kind, measurements in latency_tables/data, base tables: the first is primary). The seed-0 files were
+# measured on 2026-11-22 like the tables; the seed-1 ones on 2026-12-01, when the same VM ran 1.5-3x slower
 HOST_CASES = [
-    ("ort-1t -> xnnpack-1t", "xnnpack-1t", ["x86-2core-ort-1t-ctx", "x86-2core-ort-1t"]),
-    ("xnnpack-1t -> ort-1t", "ort-1t", ["x86-2core-xnnpack-1t", "x86-2core-xnnpack-2t"]),
-    ("ort 1t -> 2t", "ort-2t", ["x86-2core-ort-1t-ctx", "x86-2core-ort-1t"]),
-    ("xnnpack 1t -> 2t", "xnnpack-2t", ["x86-2core-xnnpack-1t", "x86-2core-ort-1t-ctx"]),
+    ("ort-1t -> xnnpack-1t", "cross-runtime", "x86-2core-xnnpack-1t-validate-seed0.csv",
+     ["x86-2core-ort-1t-ctx", "x86-2core-ort-1t"]),
+    ("xnnpack-1t -> ort-1t (later)", "cross-runtime", "x86-2core-ort-1t-validate-seed1.csv",
+     ["x86-2core-xnnpack-1t", "x86-2core-xnnpack-2t"]),
+    ("xnnpack 1t -> 2t", "threads", "x86-2core-xnnpack-2t-validate-seed0.csv",
+     ["x86-2core-xnnpack-1t", "x86-2core-ort-1t-ctx"]),
+    ("ort 1t -> 2t (later)", "threads", "x86-2core-ort-2t-validate-seed1.csv",
+     ["x86-2core-ort-1t-ctx", "x86-2core-ort-1t"]),
+    ("ort-1t -> itself later", "drift", "x86-2core-ort-1t-validate-seed1.csv",
+     ["x86-2core-ort-1t-ctx", "x86-2core-ort-1t"]),
 ]
+MIN_TEST = 8  # networks a sample count must leave to score
 METHODS = {"chosen": MODELS, "chosen-1base": BASELINES + FAMILIES, "table": ("global",), "flops": ("flops",),
            "flops+offset": ("flops+offset",)}
 METRICS = ("spearman", "kendall", "mape", "within_10pct")
@@ -84,11 +94,15 @@ def fit_predict(method: str, bases: list[LatencyTable], fit_keys: list, fit_ms: 
     return np.array([calibration.predict_ms(keys, used) for keys in test_keys]), calibration.model
 
 
-def few_shot(name: str, key_lists: list, measured: np.ndarray, bases: list[LatencyTable], samples: list[int],
-             seeds: int, test: int | None = None) -> dict:
+def few_shot(name: str, kind: str, key_lists: list, measured: np.ndarray, bases: list[LatencyTable],
+             samples: list[int], seeds: int, test: int | None = None) -> dict:
     """Per sample count and method: metrics on the networks not fitted, averaged over seeds."""
-    result = {"case": name, "bases": [b.name for b in bases], "networks": len(measured), "samples": {}}
+    result = {"case": name, "kind": kind, "bases": [b.name for b in bases], "networks": len(measured),
+              "samples": {}}
     for n in samples:
+        if len(measured) - n < MIN_TEST:
+            result.setdefault("skipped_samples", []).append(n)
+            continue
         per_method = {m: [] for m in METHODS}
         chosen_models = []
         for seed in range(seeds):
@@ -107,14 +121,11 @@ def few_shot(name: str, key_lists: list, measured: np.ndarray, bases: list[Laten
 
 
 # ---------------------------------------------------------------- host runtimes
-def host_case(name: str, target: str, base_names: list[str], samples: list[int], seeds: int) -> dict | None:
-    path = MEASURED / f"x86-2core-{target}-validate-seed1.csv"
-    if not path.exists():
-        print(f"{name}: skipped, no {path.name} (write it with nas latency validate --n 60 --seed 1 "
-              "--measurements-out)")
-        return None
-    key_lists, measured = read_measurements(path)
-    return few_shot(name, key_lists, np.array(measured), [resolve_target(b) for b in base_names], samples, seeds)
+def host_case(name: str, kind: str, file: str, base_names: list[str], samples: list[int], seeds: int) -> dict:
+    key_lists, measured = read_measurements(MEASURED / file)
+    result = few_shot(name, kind, key_lists, np.array(measured), [resolve_target(b) for b in base_names], samples,
+                      seeds)
+    return result | {"measurements": file}
 
 
 # ---------------------------------------------------------------- Note10
@@ -187,7 +198,7 @@ def note10_case(samples: list[int], seeds: int, test: int, base_path: Path) -> d
     needed = sorted({k for keys in key_lists for k in keys}, key=str)
     print(f"note10: {len(nets)} networks, {len(needed)} distinct fused ops (profiled into {base_path} on first use)")
     base = profile(needed, base_path, "x86-2core-ort-1t-ofa", "onnxruntime", 1)
-    result = few_shot("note10 (host ort-1t ->)", key_lists, measured, [base], samples, seeds, test)
+    result = few_shot("note10 (host ort-1t ->)", "phone", key_lists, measured, [base], samples, seeds, test)
     result["note"] = "one base: no other measured device prices these networks, so no transfer"
     return result
 
@@ -216,7 +227,7 @@ def iphone_cases(base_names: list[str]) -> list[dict]:
             continue
         key_lists, measured = data
         bases = [t for t in map(resolve_target, base_names) if not any(t.missing(k) for k in key_lists)]
-        result = {"case": device, "bases": [b.name for b in bases], "networks": len(measured)}
+        result = {"case": device, "kind": "phone", "bases": [b.name for b in bases], "networks": len(measured)}
         if len(measured) >= 4:  # nested leave-one-out: every method chooses again without the held-out figure
             predicted = {m: [] for m in METHODS}
             for i in range(len(measured)):
@@ -243,7 +254,7 @@ def goals(results: list[dict]) -> list[str]:
             mape = by["chosen"]["mape"] < min(f["mape"] for f in flops)
             lines.append(f"{r['case']} n={n}: beats FLOPs in rank {'yes' if rank else 'NO'}, "
                          f"in MAPE {'yes' if mape else 'NO'}")
-            if "->" in r["case"] and "1t" in r["case"].split("->")[1] and n == 10:
+            if r["kind"] == "cross-runtime" and n == 10:
                 ok = by["chosen"]["spearman"] >= 0.95
                 lines.append(f"{r['case']} n=10: Spearman {by['chosen']['spearman']:.3f} "
                              f"{'>=' if ok else '<'} 0.95 (cross-runtime goal)")
@@ -259,7 +270,8 @@ def goals(results: list[dict]) -> list[str]:
 def print_report(results: list[dict]) -> None:
     header = f"  {'method':<14}" + "".join(f"{m:>13}" for m in METRICS)
     for r in results:
-        print(f"\n{r['case']}  ({r['networks']} networks; bases {', '.join(r['bases'])})")
+        print(f"\n{r['case']}  [{r['kind']}] ({r['networks']} networks; bases {', '.join(r['bases'])})"
+              + (f"; n={r['skipped_samples']} leaves too few to score" if "skipped_samples" in r else ""))
         blocks = [(f"n={n} (mean of seeds)", by) for n, by in r.get("samples", {}).items()]
         blocks += [("nested leave-one-out", r["nested_loo"])] if "nested_loo" in r else []
         blocks += [("leave-one-out of each fixed model", r["loo"])] if "loo" in r else []
@@ -287,8 +299,7 @@ def main() -> None:
     samples = [int(s) for s in args.samples.split(",")]
     start = time.time()
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():  # progress lines
-        results = [r for r in (host_case(name, target, bases, samples, args.seeds)
-                               for name, target, bases in HOST_CASES) if r is not None]
+        results = [host_case(*case, samples, args.seeds) for case in HOST_CASES]
         note10 = note10_case(samples, args.seeds, args.note10_test, Path(args.note10_base))
         results += [note10] if note10 else []
         results += iphone_cases(["x86-2core-ort-2t", "x86-2core-ort-1t", "x86-2core-ort-2t-ctx",
