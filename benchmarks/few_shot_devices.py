@@ -254,7 +254,7 @@ def goals(results: list[dict]) -> list[str]:
             mape = by["chosen"]["mape"] < min(f["mape"] for f in flops)
             lines.append(f"{r['case']} n={n}: beats FLOPs in rank {'yes' if rank else 'NO'}, "
                          f"in MAPE {'yes' if mape else 'NO'}")
-            if r["kind"] == "cross-runtime" and n == 10:
+            if r["kind"] == "cross-runtime" and int(n) == 10:
                 ok = by["chosen"]["spearman"] >= 0.95
                 lines.append(f"{r['case']} n=10: Spearman {by['chosen']['spearman']:.3f} "
                              f"{'>=' if ok else '<'} 0.95 (cross-runtime goal)")

@@ -18,8 +18,8 @@ from nas.latency.table import Entry, LatencyTable
 from search_spaces import ArchConfig
 
 TINY = "tracenet_tiny"
-TRUE_SCALES = {"conv_1x1": 0.5, "conv_dw": 2.0, "conv_kxk": 1.5, "se": 3.0, "eltwise": 1.0, "upsample": 1.0,
-               "clicks": 0.8, "tap_head": 1.2}
+TRUE_SCALES = {"conv_1x1": 0.5, "conv_dw_k3": 2.0, "conv_dw_k5": 2.5, "conv_dw_k7": 4.0, "conv_kxk": 1.5, "se": 3.0,
+               "eltwise": 1.0, "upsample": 1.0, "clicks": 0.8, "tap_head": 1.2}
 TRUE_OVERHEAD = 0.3
 
 
@@ -50,7 +50,7 @@ def test_calibration_recovers_a_known_scaling(base):
     calibration = calibrate_archs(base, archs, measured)
     # classes that vary independently across architectures are identified; 'clicks' (one unit per arch,
     # sized by the resolution only) is nearly collinear with the overhead, so only predictions are checked
-    for cls in ("conv_1x1", "conv_dw", "conv_kxk", "se"):
+    for cls in ("conv_1x1", "conv_dw_k3", "conv_dw_k5", "conv_dw_k7", "conv_kxk", "se"):
         assert calibration.scales[cls] == pytest.approx(TRUE_SCALES[cls], rel=0.05), cls
     assert calibration.loo["mape"] < 0.01 and calibration.loo["n"] == 24
     table = calibration.apply(base, {"name": "phone"})

@@ -97,7 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="For a device you cannot profile op by op: fit a few-shot latency model to end-to-end "
                     "latencies of a handful of networks and write it as a table. Candidates, all non-negative "
                     "least squares: FLOPs alone and FLOPs + offset (baselines); a global scale of the base "
-                    "table + offset; one scale per op class (conv_1x1, conv_dw, conv_kxk, se, eltwise, ...) "
+                    "table + offset; one scale per op class (conv_1x1, conv_dw_k3/k5/k7, conv_kxk, se, eltwise, ...) "
                     "shrunk toward the global scale; either plus architecture features (FLOPs, depthwise FLOPs, "
                     "memory traffic, unit count); and with several --base tables a mix of them (transfer from "
                     "devices already measured). Leave-one-out MAPE over the measurements chooses the model and "

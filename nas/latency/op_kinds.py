@@ -213,9 +213,11 @@ def _norm_or_act(key: OpKey) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
 
 
 def _conv_class(key: OpKey) -> str:
-    """Depthwise, pointwise and spatial convs scale differently between devices."""
+    """Depthwise, pointwise and spatial convs scale differently between devices, and depthwise convs of
+    each kernel size differently again (ExecuTorch-XNNPACK runs them 4-27x slower than ONNX Runtime
+    on this host, depending on the kernel)."""
     if key.attr("g") == "dw":
-        return "conv_dw"
+        return f"conv_dw_k{key.attr('k')}"
     return "conv_1x1" if key.attr("k") == 1 else "conv_kxk"
 
 
