@@ -193,10 +193,6 @@ class _Spec:
     family: str
     bases: tuple[int, ...]
 
-    @property
-    def name(self) -> str:
-        return self.family
-
     def columns(self, data: _Data) -> list[_Column]:
         cols = []
         if self.family in BASELINES:
@@ -303,7 +299,7 @@ def calibrate(bases: LatencyTable | Sequence[LatencyTable], key_lists: Sequence[
     spec, weight, score = min(candidates, key=lambda c: c[2]["mape"])
     weights, overhead, anchors = _fit_spec(spec, data, np.arange(len(measured)), measured, weight)
     coefficients = {c.name(bases): float(w) for c, w in zip(spec.columns(data), weights, strict=True)}
-    model = spec.name + (f" @{bases[spec.bases[0]].name}" if len(spec.bases) == 1 and spec.bases != (0,) else "")
+    model = spec.family + (f" @{bases[spec.bases[0]].name}" if len(spec.bases) == 1 and spec.bases != (0,) else "")
     return Calibration(model, coefficients, overhead, score | {"n": len(measured)}, weight,
                        {bases[b].name: s for b, s in anchors.items()}, baselines, tuple(b.name for b in bases))
 
