@@ -116,9 +116,10 @@ def trunk_op_keys(tracer: ReceptiveFieldTracer, plan: TracePlan, in_channels: in
         if node in fused or node not in plan.boxes or op.kind in ("input", "const", "output"):
             continue
         out = shapes[node]
-        if node.op == "call_module" and type(module.get_submodule(node.target)) in UNIT_MODULES:
-            kind, attrs = UNIT_MODULES[type(module.get_submodule(node.target))]
-            keys.append(OpKey.make(kind, out[-2:], **attrs(module.get_submodule(node.target), out[1])))
+        unit = module.get_submodule(node.target) if node.op == "call_module" else None
+        if type(unit) in UNIT_MODULES:
+            kind, attrs = UNIT_MODULES[type(unit)]
+            keys.append(OpKey.make(kind, out[-2:], **attrs(unit, out[1])))
         elif op.kind == "window":
             m = module.get_submodule(node.target)
             act, tail = "none", node
