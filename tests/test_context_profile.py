@@ -179,3 +179,35 @@ def test_activations_bns_and_concats_of_fixed_backbones_are_matched_to_their_uni
     silu = OpKey.parse("conv[act=silu,cin=8,cout=8,d=1,g=1,k=1,s=1]@8x8")
     with pytest.raises(ContextProfileError, match="no rule for the activation 'silu'"):
         node_units(_graph("Conv", "Sigmoid", "Mul"), [clicks, silu, head])
+
+
+def test_an_int8_program_keeps_the_float_order_and_each_node_goes_to_its_unit(traced):
+    _, keys, program, model = traced
+    runtime = OnnxRuntimeBackend(1, precision="int8")
+    quantized = onnx.load_from_string(runtime.program(program, program.example_inputs())).graph
+    owner = node_units(quantized, keys, "int8")
+    assert owner == sorted(owner) and owner[-1] == len(keys) - 1
+    # the float graph's nodes in the float order, less what quantization folds: shared biases' Identity
+    # nodes (now initializers) and the ReLUs whose range the next QuantizeLinear clips
+    computing = [n.op_type for n in quantized.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")]
+    float_nodes = [n.op_type for n in onnx.load_from_string(model).graph.node if n.op_type not in ("Identity", "Relu")]
+    assert computing == float_nodes
+    assert "QLinear" not in str(set(computing)) and {"QuantizeLinear", "DequantizeLinear"} <= {
+        n.op_type for n in quantized.node}
+    for unit, key in enumerate(keys[1:-1], start=1):
+        ops = [n.op_type for n, o in zip(quantized.node, owner, strict=True) if o == unit]
+        if key.kind == "conv":
+            assert ops.count("Conv") == 1 and "Relu" not in ops, (key, ops)
+        elif key.kind == "se":
+            assert ops.count("ReduceMean") == 1 and ops.count("Conv") == 2, ops
+
+
+def test_nas_profile_in_context_at_int8_prices_a_quantized_program(tmp_path, capsys):
+    out = tmp_path / "ctx-int8.json"
+    assert main(["profile", "--in-context", "--precision", "int8", "--device", "host-ctx-int8", "--backend",
+                 "onnxruntime", "--space", TINY, "--limit", "1", "--out", str(out)]) == 0
+    table = LatencyTable.load(out)
+    assert table.precision == "int8" and table.notes.startswith("in context:")
+    keys = setting_op_keys(context_archs(TINY)[0], LatencySetting(precision="int8"))
+    assert not table.missing(keys)
+    assert all(table.latency(key)[0] > 0 for key in keys if key.kind in ("conv", "se", "clicks"))

@@ -56,22 +56,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_model_and_setting(bench)
     bench.add_argument("--backend", choices=BACKENDS, default="onnxruntime", help="default %(default)s")
     bench.add_argument("--threads", type=positive_int, default=1, help="default %(default)s")
+    bench.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                       help="int8: time the program quantized W8A8 as the backend's runtime quantizes it, calibrated "
+                            "on its example inputs, against a table of int8 programs (default fp32)")
     bench.add_argument("--target", help="latency table to compare with (default: the matching host table)")
     bench.set_defaults(func=_bench)
 
 
-def _model_and_setting(args: argparse.Namespace):
+def _model_and_setting(args: argparse.Namespace, precision: str = "fp32"):
     from search_spaces.students.checkpoint import load_student
     from search_spaces.students.student import TraceNetStudent
 
     model = load_student(args.checkpoint) if args.checkpoint else TraceNetStudent(read_arch(args.arch))
-    return model, LatencySetting(image_size=args.image_size, tap=args.tap, window=args.window)
+    return model, LatencySetting(image_size=args.image_size, tap=args.tap, window=args.window, precision=precision)
 
 
 def _export(args: argparse.Namespace) -> int:
     from nas.deploy.export import export_student
 
-    model, setting = _model_and_setting(args)
+    model, setting = _model_and_setting(args)  # a float setting: export quantizes the program it writes
     if args.calibration_data and args.precision != "int8":
         raise InvalidValueError("--calibration-data calibrates an int8 export; add --precision int8")
     info = export_student(model, args.format, args.out, setting, args.clicks, args.precision, args.calibration_data)
@@ -96,18 +99,18 @@ def _bench(args: argparse.Namespace) -> int:
     from nas.deploy.bench import bench
     from nas.latency.table import resolve_target
 
-    model, setting = _model_and_setting(args)
+    model, setting = _model_and_setting(args, args.precision)
     report = bench(model, args.backend, args.threads, setting, resolve_target(args.target) if args.target else None)
     if args.json:
         print(json.dumps(report))
         return 0
     memory = f"{report['peak_memory_mb']:.1f} MiB" if report["peak_memory_mb"] is not None else "not measured"
-    print(f"{args.backend} {report['runtime_version']}, {args.threads} thread(s): {report['measured_ms']:.3f} ms "
-          f"median (p90 {report['measured_p90_ms']:.3f}, {report['runs']} runs); inference memory +{memory} "
-          f"above the loaded model (weights {report['weights_mb']:.1f} MiB)")
+    print(f"{args.backend} {report['runtime_version']}, {args.threads} thread(s), {args.precision}: "
+          f"{report['measured_ms']:.3f} ms median (p90 {report['measured_p90_ms']:.3f}, {report['runs']} runs); "
+          f"inference memory +{memory} above the loaded model (float32 weights {report['weights_mb']:.1f} MiB)")
     if report["table"]:
         print(f"  table {report['table']} predicts {report['predicted_ms']:.3f} ms "
               f"({100 * report['prediction_error']:+.1f} %)")
     else:
-        print("  no shipped measured table for this runtime and thread count (pass --target)")
+        print(f"  no shipped measured {args.precision} table for this runtime and thread count (pass --target)")
     return 0

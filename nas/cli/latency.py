@@ -14,17 +14,17 @@ from nas.latency.importers import FORMATS, check_ofa_net, import_tables
 from nas.latency.predict import predict_latency
 from nas.latency.profiling.backends import BACKENDS
 from nas.latency.setting import PRECISIONS, LatencySetting, parse_image_size
-from nas.latency.table import LatencyTable, available_targets, resolve_target
+from nas.latency.table import PRECISION_DTYPE, LatencyTable, available_targets, resolve_target
 from nas.latency.timm_keys import timm_op_keys
-from nas.latency.validate import validate
+from nas.latency.validate import measure_programs, random_archs, validate
 from search_spaces.common.errors import InvalidValueError
-from search_spaces.space import ArchConfig
+from search_spaces.space import DEFAULT_SPACE, ArchConfig
 from search_spaces.tracing.tracer import TracingError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "latency", help="latency tables: list, predict, validate, import, calibrate",
+        "latency", help="latency tables: list, predict, validate, measure, import, calibrate",
         description="Per-device latency lookup tables. A target is a shipped table name (nas latency tables) "
                     "or a path to a table .json written by 'nas profile'.")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=type(parser))
@@ -87,10 +87,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     validate.add_argument("--rounds", type=positive_int, default=3,
                           help="interleaved timing passes over all subnets; each keeps its fastest (default 3)")
     validate.add_argument("--space", help="space to sample (default: the table's)")
+    validate.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                          help="int8: measure the programs quantized as the backend's runtime quantizes them; the "
+                               "table must price int8 programs (default fp32)")
     validate.add_argument("--json", action="store_true", help="print one JSON object with per-arch cases")
     validate.add_argument("--measurements-out", metavar="CSV",
                           help="also write the end-to-end measurements (arch, latency_ms) for 'nas latency calibrate'")
     validate.set_defaults(func=_validate)
+
+    measure = actions.add_parser(
+        "measure", help="measure random subnets end to end (no table), for 'nas latency calibrate'",
+        description="Time the one-tap programs of N random subnets (the ones 'nas latency validate' draws for the "
+                    "same --seed) on a backend of this machine and write their latencies as the CSV 'nas latency "
+                    "calibrate --measurements' reads: how a table for a precision or runtime that has no per-unit "
+                    "table yet starts from one that has (e.g. int8 programs from a float32 table).",
+        epilog="example: nas latency measure --backend executorch-xnnpack --precision int8 --n 20 --out int8.csv && "
+               "nas latency calibrate --base x86-2core-xnnpack-1t --measurements int8.csv --precision int8 "
+               "--runtime executorch-xnnpack --threads 1 --out xnnpack-int8.json")
+    measure.add_argument("--backend", required=True, choices=BACKENDS)
+    measure.add_argument("--threads", type=positive_int, default=1)
+    measure.add_argument("--precision", choices=PRECISIONS, default="fp32", help="default fp32")
+    measure.add_argument("--n", type=positive_int, default=20, help="random subnets (default 20)")
+    measure.add_argument("--seed", type=int, default=0)
+    measure.add_argument("--rounds", type=positive_int, default=3,
+                         help="interleaved timing passes over all subnets; each keeps its fastest (default 3)")
+    measure.add_argument("--space", default=DEFAULT_SPACE, help=f"space to sample (default {DEFAULT_SPACE})")
+    measure.add_argument("--out", required=True, metavar="CSV", help="measurements to write (arch, latency_ms)")
+    measure.set_defaults(func=_measure)
 
     cal = actions.add_parser(
         "calibrate", help="fit a base table to a device from a few end-to-end measurements",
@@ -128,6 +151,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cal.add_argument("--runtime", help="runtime that measured them, e.g. executorch-xnnpack (default with "
                                        "--published: the CSV's runtime column; otherwise left unknown)")
     cal.add_argument("--threads", type=positive_int, help="threads of those measurements, if known")
+    cal.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                     help="precision of the measured programs: the calibrated table prices that precision only, "
+                          "whatever its bases price (default fp32)")
     cal.add_argument("--json", action="store_true", help="print one JSON object")
     cal.set_defaults(func=_calibrate)
 
@@ -142,7 +168,7 @@ def _tables(args: argparse.Namespace) -> int:
             print(json.dumps(summary))
         else:
             error = summary["calibration_error"]
-            print(f"{name:<28} {summary['provenance']:<10} {summary['runtime'] or '-':<20} "
+            print(f"{name:<28} {summary['provenance']:<10} {summary['runtime'] or '-':<20} {summary['precision']:<4} "
                   f"threads={summary['threads'] or '-'} entries={summary['entries']}"
                   + (f" loo_mape={error:.1%}" if error is not None else "")
                   + (f" flops_loo_mape={summary['flops_baseline_error']:.1%}"
@@ -173,15 +199,16 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     table = resolve_target(args.target)
-    report = validate(table, args.backend, args.threads, args.n, args.seed, args.space, rounds=args.rounds,
-                      progress=not args.json)
+    report = validate(table, args.backend, args.threads, args.n, args.seed, args.space,
+                      LatencySetting(precision=args.precision), rounds=args.rounds, progress=not args.json)
     if args.measurements_out:
         write_measurements(args.measurements_out, [ArchConfig.from_dict(c["arch"]) for c in report["cases"]],
                            [c["measured_ms"] for c in report["cases"]])
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"{table.name} vs {args.backend} ({args.threads} threads), {args.n} random subnets of {report['space']}:")
+        print(f"{table.name} vs {args.backend} ({args.threads} threads, {args.precision}), {args.n} random subnets of "
+              f"{report['space']}:")
         print(f"  within_10pct {report['within_10pct']:.2f}   mape {report['mape']:.1%}   "
               f"spearman {report['spearman']:.3f}")
         if "rounds_within_10pct" in report:
@@ -192,6 +219,18 @@ def _validate(args: argparse.Namespace) -> int:
                                                                                         args.threads):
             print(f"  note: the table was measured with {report['table_runtime']} at "
                   f"{report['table_threads']} threads")
+    return 0
+
+
+def _measure(args: argparse.Namespace) -> int:
+    archs = random_archs(args.n, args.seed, args.space)
+    setting = LatencySetting(precision=args.precision)
+    round_ms = measure_programs(archs, args.backend, args.threads, setting, args.rounds,
+                                desc=f"measure {args.backend} ({args.threads}t, {args.precision})")
+    measured = [min(times) for times in round_ms]
+    write_measurements(args.out, archs, measured)
+    print(f"{args.out}: {len(archs)} {args.precision} programs of {args.space} on {args.backend} ({args.threads} "
+          f"threads), {min(measured):.2f}-{max(measured):.2f} ms")
     return 0
 
 
@@ -239,7 +278,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     name = args.device or Path(args.out).stem
     # the device the measurements came from, not the base's machine (that stays in calibration.base)
     device = {"name": name, "hardware": hardware, "runtime": runtime, "threads": args.threads,
-              "date": date.today().isoformat(), "tool_version": __version__}
+              "dtype": PRECISION_DTYPE[args.precision], "date": date.today().isoformat(), "tool_version": __version__}
     table = calibration.apply(bases, device)
     table.save(args.out)
     loo = calibration.loo

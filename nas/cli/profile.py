@@ -10,6 +10,7 @@ from nas.latency.op_keys import OpKey
 from nas.latency.profiling.backends import BACKENDS
 from nas.latency.profiling.bundle import BUNDLE_BACKENDS, read_results, write_bundle
 from nas.latency.profiling.profiler import profile, profile_keys, read_keys
+from nas.latency.setting import PRECISIONS, LatencySetting
 from nas.latency.timm_keys import timm_op_keys
 from search_spaces.common.errors import InvalidValueError
 from search_spaces.common.resources import ray_session
@@ -38,6 +39,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "parallel through Ray actors (then --out is a directory)")
     parser.add_argument("--backend", choices=BACKENDS, help="runtime to measure")
     parser.add_argument("--threads", type=positive_int, default=1, help="runtime threads (default 1)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="int8: time each unit quantized W8A8 as the runtime quantizes it (executorch-xnnpack: "
+                             "PT2E + XNNPACK's quantizer; onnxruntime: static QDQ), calibrated on its example "
+                             "inputs; the table's dtype says so and it prices int8 programs only, and it lists the "
+                             "ops each unit keeps float (default fp32)")
     parser.add_argument("--out", help="table .json to write or resume (a directory for several devices)")
     add_space_arg(parser)
     parser.add_argument("--limit", type=positive_int,
@@ -107,9 +113,10 @@ def _profile(args: argparse.Namespace) -> int:
         keys += timm_op_keys(name, int(res) if res else 224)
     if len(devices) == 1 and not args.ray_address:
         table = profile(keys, args.out, devices[0], args.backend, args.threads, None if args.keys else args.space,
-                        recheck_above_ms=args.recheck_above_ms, remeasure=args.remeasure,
+                        recheck_above_ms=args.recheck_above_ms, remeasure=args.remeasure, precision=args.precision,
                         max_seconds=args.max_seconds)
-        print(f"{args.out}: {len(table.entries)} entries for {devices[0]} ({args.backend}, {args.threads} threads)")
+        print(f"{args.out}: {len(table.entries)} entries for {devices[0]} ({args.backend}, {args.threads} threads, "
+              f"{args.precision})")
         return 0
     outs = _profile_with_ray(devices, [str(k) for k in keys], Path(args.out), args)
     for device, (path, n) in zip(devices, outs, strict=True):
@@ -125,9 +132,10 @@ def _profile_in_context(devices: list[str], args: argparse.Namespace) -> int:
                                 "--keys or --recheck-above-ms")
     from nas.latency.profiling.in_context import profile_context  # needs the onnx package (the 'mobile' extra)
 
-    table = profile_context(args.out, devices[0], args.threads, args.space, limit=args.limit)
+    table = profile_context(args.out, devices[0], args.threads, args.space, LatencySetting(precision=args.precision),
+                            limit=args.limit)
     print(f"{args.out}: {len(table.entries)} entries for {devices[0]} (onnxruntime in context, "
-          f"{args.threads} threads)")
+          f"{args.threads} threads, {args.precision})")
     return 0
 
 
@@ -142,7 +150,7 @@ def _profile_with_ray(devices: list[str], keys: list[str], out_dir: Path, args: 
         path = out_dir / f"{device}.json"
         table = profile([OpKey.parse(k) for k in keys], path, device, args.backend, args.threads,
                         None if args.keys else args.space, progress=False, recheck_above_ms=args.recheck_above_ms,
-                        remeasure=args.remeasure, max_seconds=args.max_seconds)
+                        remeasure=args.remeasure, precision=args.precision, max_seconds=args.max_seconds)
         return str(path), len(table.entries)
 
     with ray_session(args.ray_address, log_to_driver=False):

@@ -2,7 +2,8 @@
 the prediction of the latency table for the matching host target.
 
 The timed program is the student's static one-tap program (`TracedTap`) at the reference setting,
-exported to the backend (as `nas latency validate` and the profiler do). Peak memory is the
+exported to the backend (as `nas latency validate` and the profiler do), quantized when the
+setting's precision is int8. Peak memory is the
 inference working set: how far the process's peak resident set rises above its size once the
 program is loaded, while it runs (Linux: the peak is reset through /proc/self/clear_refs first;
 elsewhere it is not measured). The weights' size is reported beside it.
@@ -39,13 +40,13 @@ def peak_memory_mb(work: Callable[[], object]) -> tuple[object, float | None]:
     return result, (_status_kb("VmHWM") - before) / 1024
 
 
-def host_table(backend: str, threads: int) -> LatencyTable | None:
-    """The shipped measured table of this runtime and thread count, if there is one."""
+def host_table(backend: str, threads: int, precision: str = "fp32") -> LatencyTable | None:
+    """The shipped measured table of this runtime, thread count and precision, if there is one."""
     runtime = {"onnxruntime": "onnxruntime", "executorch-xnnpack": "executorch", "torch": "torch"}[backend]
     for path in available_targets().values():
         table = LatencyTable.load(path)
         if (table.provenance == "measured" and str(table.device.get("runtime", "")).startswith(runtime)
-                and table.device.get("threads") == threads):
+                and table.device.get("threads") == threads and table.precision == precision):
             return table
     return None
 
@@ -53,14 +54,15 @@ def host_table(backend: str, threads: int) -> LatencyTable | None:
 def bench(model: TraceNetStudent, backend: str, threads: int, setting: LatencySetting = REFERENCE_SETTING,
           table: LatencyTable | None = None) -> dict:
     arch = model.arch
-    runtime = get_backend(backend, threads)
+    runtime = get_backend(backend, threads, setting.precision)
     program = setting.program(model)
     inputs = program.example_inputs()
     run = runtime.prepare(program, inputs)
     entry, peak = peak_memory_mb(lambda: measure(run))
     weights_mb = sum(t.numel() * t.element_size() for t in model.parameters()) / 2**20
-    table = table if table is not None else host_table(backend, threads)
+    table = table if table is not None else host_table(backend, threads, setting.precision)
     report = {"backend": backend, "runtime_version": runtime.runtime_version, "threads": threads,
+              "precision": setting.precision,
               "measured_ms": entry.median, "measured_p90_ms": entry.p90, "runs": entry.count,
               "peak_memory_mb": peak, "weights_mb": weights_mb,
               "setting": setting.describe() | {"image_hw": list(setting.input_hw(arch))},

@@ -20,16 +20,9 @@ from pathlib import Path
 
 import torch
 
-from nas.deploy.quantize import (
-    CalibrationItem,
-    calibration_items,
-    float_ops,
-    int8_parity,
-    lower_pt2e,
-    quantize_onnx,
-    quantize_pt2e,
-)
+from nas.deploy.quantize import CalibrationItem, calibration_items, int8_parity
 from nas.latency.profiling.backends import export_coreml, export_executorch, export_onnx, onnx_feeds, package_version
+from nas.latency.profiling.quantized import float_ops, lower_pt2e, qdq_float_nodes, quantize_onnx, quantize_pt2e
 from nas.latency.setting import PRECISIONS, REFERENCE_SETTING, LatencySetting
 from search_spaces.common.errors import InvalidValueError
 from search_spaces.common.files import atomic_write
@@ -49,7 +42,7 @@ def export_student(model: TraceNetStudent, fmt: str, out_dir: str | Path, settin
                    clicks: int = 4, precision: str = "fp32", calibration_data: str | None = None) -> dict:
     """Write `out_dir/FORMATS[fmt]` and `out_dir/export.json`; returns the latter's content.
 
-    `precision="int8"`: post-training W8A8 quantization (`nas/deploy/quantize.py`) for the executorch and
+    `precision="int8"`: post-training W8A8 quantization (`nas/latency/profiling/quantized.py`) for the executorch and
     onnx formats, calibrated on `calibration_data` (a dataset spec; None: the bundled photos)."""
     if fmt not in FORMATS:
         raise InvalidValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
@@ -145,8 +138,8 @@ def _export_int8(program: TracedTap, fmt: str, out: Path, path: Path, items: lis
     if fmt == "executorch":
         from executorch.runtime import Runtime
 
-        graph = quantize_pt2e(program, items)
-        data = lower_pt2e(graph, feeds[0])
+        graph = quantize_pt2e(program, feeds)
+        data = lower_pt2e(graph, feeds[0]).to_executorch().buffer
         method = Runtime.get().load_program(data).load_method("forward")
         outputs = [method.execute(list(f)) for f in feeds]
         with torch.no_grad():  # the runtime against the quantized graph it lowered
@@ -160,10 +153,10 @@ def _export_int8(program: TracedTap, fmt: str, out: Path, path: Path, items: lis
         float_onnx = export_onnx(program, feeds[0])
         names = [i.name for i in onnxruntime.InferenceSession(float_onnx, providers=["CPUExecutionProvider"])
                  .get_inputs()]
-        data = quantize_onnx(float_onnx, names, items)
+        data = quantize_onnx(float_onnx, names, feeds)
         session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
         outputs = [session.run(None, onnx_feeds(session, f)) for f in feeds]
-        runtime_diff, kept = None, None
+        runtime_diff, kept = None, qdq_float_nodes(data)
         scheme = "ONNX Runtime quantize_static, QDQ: int8 weights per channel, uint8 activations"
         runtime = f"onnxruntime {onnxruntime.__version__}"
     atomic_write(path, lambda f: f.write(data))
@@ -172,7 +165,7 @@ def _export_int8(program: TracedTap, fmt: str, out: Path, path: Path, items: lis
         "parity": "int8 program against the float program on the calibration images (int8_parity)",
         "quantization": {"scheme": scheme, "calibration_data": calibration_data or "bundled photos",
                          "calibration_images": len(items),
-                         "float_ops": kept if kept is not None else "not listed for ONNX QDQ"},
+                         "float_ops": kept},
         "int8_parity": int8_parity(reference, [tuple(o) for o in outputs]),
         "weights_bytes_float": 4 * sum(p.numel() for p in program.parameters()),
         "program_bytes": len(data)}

@@ -1,24 +1,17 @@
-"""Post-training int8 quantization (W8A8) of a student's one-tap program, the way each runtime does it.
+"""Post-training int8 quantization (W8A8) of a student's one-tap program for `nas export`: the
+quantizers are the runtimes' own (`nas/latency/profiling/quantized.py`), calibrated here on real images.
 
-- ExecuTorch: PT2E with XNNPACK's quantizer (weights symmetric per channel, activations per
-  tensor): `torch.export` -> `prepare_pt2e` -> calibration -> `convert_pt2e`; the converted graph
-  is then lowered to XNNPACK like a float program (`to_edge_transform_and_lower`).
-- ONNX Runtime: static QDQ quantization of the float ONNX program (`quantize_static`, weights
-  int8 per channel, activations uint8), the format ONNX Runtime's int8 kernels fuse.
-
-Calibration data are real images: the bundled photos by default, or a dataset spec
-(`grabcut:PATH`, `folder:PATH`, ...). Each is resized as `Segmenter` resizes (long side = the
-resolution, zero-padded) to the program's input, cropped to its traced region, and gets one tap:
-RITM's first click on its mask where the data are labelled (the evaluation's first click), else
-the setting's tap. `parity` compares the int8 program with the float one on the same images and
-taps: the IoU of their masks, the largest logit difference and the weights' size.
+Calibration data: the bundled photos by default, or a dataset spec (`grabcut:PATH`, `folder:PATH`,
+...). Each is resized as `Segmenter` resizes (long side = the resolution, zero-padded) to the
+program's input, cropped to its traced region, and gets one tap: RITM's first click on its mask
+where the data are labelled (the evaluation's first click), else the setting's tap. `int8_parity`
+compares the int8 program with the float one on the same images and taps: the IoU of their masks
+and the largest logit differences.
 """
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -80,64 +73,6 @@ def _images(data: str | None, limit: int) -> tuple[list[np.ndarray], list[np.nda
     if not samples:
         raise CalibrationDataError(f"calibration data {data!r} holds no image")
     return [s.image for s in samples], [s.mask if s.mask is not None and s.mask.any() else None for s in samples]
-
-
-def quantize_pt2e(program: TracedTap, items: list[CalibrationItem]) -> torch.fx.GraphModule:
-    """The program as XNNPACK's PT2E int8 graph, calibrated on `items`."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    example = (items[0].image_crop, items[0].clicks)
-    graph = torch.export.export(program.eval(), example).module()
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    prepared = prepare_pt2e(graph, quantizer)
-    with torch.no_grad():
-        for item in items:
-            prepared(item.image_crop, item.clicks)
-    return convert_pt2e(prepared)
-
-
-def lower_pt2e(graph: torch.fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> bytes:
-    """The .pte program of a converted PT2E graph, its int8 ops delegated to XNNPACK (a converted graph
-    has no train/eval switch, so it is exported as it is)."""
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
-
-    exported = torch.export.export(graph, inputs)
-    return to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
-
-
-def quantize_onnx(float_onnx: bytes, input_names: list[str], items: list[CalibrationItem]) -> bytes:
-    """ONNX Runtime's static QDQ int8 model of `float_onnx`, calibrated on `items`."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.feeds = iter([dict(zip(input_names, (i.image_crop.numpy(), i.clicks.numpy()), strict=True))
-                               for i in items])
-
-        def get_next(self) -> dict | None:
-            return next(self.feeds, None)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        source, target = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
-        source.write_bytes(float_onnx)
-        quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
-        return target.read_bytes()
-
-
-def float_ops(graph: torch.fx.GraphModule) -> list[str]:
-    """The convolutions and matrix products of a converted PT2E graph that stay float (no int8 input)."""
-    kept = []
-    for node in graph.graph.nodes:
-        if node.op == "call_function" and any(name in str(node.target) for name in ("conv2d", "linear", "matmul")):
-            if not any("dequantize" in str(getattr(a, "target", "")) for a in node.args[:2]):
-                kept.append(f"{node.target}:{node.name}")
-    return kept
 
 
 def int8_parity(float_outputs: list[tuple[torch.Tensor, torch.Tensor]],

@@ -28,6 +28,7 @@ their base's global scale.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ from nas.latency.setting import REFERENCE_SETTING, LatencySetting
 from nas.latency.table import Entry, LatencyTable
 from nas.latency.validate import accuracy
 from search_spaces.common.errors import TraceNASError
-from search_spaces.common.files import read_text
+from search_spaces.common.files import atomic_write, read_text
 from search_spaces.space import ArchConfig
 
 PRIOR_WEIGHTS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
@@ -362,14 +363,16 @@ def read_published(path: str | Path, match: str) -> list[PublishedLatency]:
 
 def write_measurements(path: str | Path, networks: Sequence[ArchConfig | Sequence[OpKey]],
                        latencies: Sequence[float]) -> None:
-    """The CSV `read_measurements` reads: one row per network, an ArchConfig or its op keys."""
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["arch", "keys", "latency_ms"])
-        for net, ms in zip(networks, latencies, strict=True):
-            arch = json.dumps(net.to_dict()) if isinstance(net, ArchConfig) else ""
-            keys = "" if isinstance(net, ArchConfig) else " ".join(map(str, net))
-            writer.writerow([arch, keys, f"{ms:.6f}"])
+    """The CSV `read_measurements` reads: one row per network, an ArchConfig or its op keys (written whole
+    or not at all)."""
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["arch", "keys", "latency_ms"])
+    for net, ms in zip(networks, latencies, strict=True):
+        arch = json.dumps(net.to_dict()) if isinstance(net, ArchConfig) else ""
+        keys = "" if isinstance(net, ArchConfig) else " ".join(map(str, net))
+        writer.writerow([arch, keys, f"{ms:.6f}"])
+    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
 
 
 def calibrate_archs(bases: LatencyTable | Sequence[LatencyTable], archs: Sequence[ArchConfig],

@@ -34,13 +34,18 @@ class Activation:
 
     module: type[nn.Module]
     onnx_nodes: tuple[str, ...] | None  # what the TorchScript exporter (opset 18) writes, in order; None: no rule
+    qdq_nodes: tuple[str, ...] | None = None  # the same in an int8 (QDQ) program; None: no rule
 
 
 # a fused activation's ONNX nodes must follow its anchor in order: a GELU is five nodes
 _ONNX_ACTIVATION_NODES = {nn.ReLU: ("Relu",), nn.ReLU6: ("Clip",), nn.Hardswish: ("HardSwish",),
                           nn.GELU: ("Div", "Erf", "Add", "Mul", "Mul")}
-ACTIVATIONS = {"none": Activation(nn.Identity, ()),
-               **{cls.__name__.lower(): Activation(cls, _ONNX_ACTIVATION_NODES.get(cls)) for cls in ACTIVATION_TYPES}}
+# where quantization changes them (`quantized.quantize_onnx`): quantize_static folds a ReLU that feeds a
+# QuantizeLinear into the quantization range
+_QDQ_ACTIVATION_NODES = {nn.ReLU: (), nn.Hardswish: ("HardSwish",)}
+ACTIVATIONS = {"none": Activation(nn.Identity, (), ()),
+               **{cls.__name__.lower(): Activation(cls, _ONNX_ACTIVATION_NODES.get(cls), _QDQ_ACTIVATION_NODES.get(cls))
+                  for cls in ACTIVATION_TYPES}}
 ELTWISE_ONNX = {"add": "Add", "mul": "Mul", "sub": "Sub", "cat": "Concat"}
 
 
@@ -65,9 +70,9 @@ class OpKind:
     def calibration_class_of(self, key: OpKey) -> str:
         return self.calibration_class(key) if self.calibration_class else self.name
 
-    def onnx_nodes(self, key: OpKey) -> tuple[str, ...]:
-        """The ONNX op types the unit starts with in an exported program: its anchor, then the nodes of
-        its activation."""
+    def onnx_nodes(self, key: OpKey, precision: str = "fp32") -> tuple[str, ...]:
+        """The ONNX op types the unit starts with in an exported program of `precision` (quantize and
+        dequantize nodes aside): its anchor, then the nodes of its activation."""
         anchor = self.onnx_anchor(key) if self.onnx_anchor else None
         if anchor is None and self.onnx_activation is None:
             what = f"eltwise {key.attr('fn')!r} units" if self.name == "eltwise" else f"{self.name!r} units"
@@ -75,10 +80,18 @@ class OpKind:
         nodes: tuple[str, ...] | None = ()
         if self.onnx_activation is not None:
             fn = str(key.attr(self.onnx_activation))
-            nodes = ACTIVATIONS[fn].onnx_nodes if fn in ACTIVATIONS else None
+            activation = ACTIVATIONS.get(fn)
+            if activation is not None:
+                nodes = activation.qdq_nodes if precision == "int8" else activation.onnx_nodes
+            else:
+                nodes = None
             if nodes is None:
-                raise ContextProfileError(f"in-context profiling has no rule for the activation {fn!r} (op key {key})")
-        return ((anchor,) if anchor else ()) + nodes
+                raise ContextProfileError(f"in-context profiling has no rule for the activation {fn!r} in {precision} "
+                                          f"programs (op key {key})")
+        unit = ((anchor,) if anchor else ()) + nodes
+        if not unit:
+            raise ContextProfileError(f"{key} has no node of its own in a {precision} program")
+        return unit
 
 
 def _act(name: object) -> nn.Module:

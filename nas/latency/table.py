@@ -29,6 +29,7 @@ PROVENANCES = ("measured", "imported", "calibrated")
 DEVICE_FIELDS = ("name", "hardware", "os", "runtime", "runtime_version", "threads", "dtype", "date", "tool_version")
 STAT_FIELDS = ("count", "mean", "median", "p90", "std")
 DTYPE_PRECISION = {"float32": "fp32", "int8": "int8"}  # device metadata's dtype -> the setting's precision
+PRECISION_DTYPE = {precision: dtype for dtype, precision in DTYPE_PRECISION.items()}
 
 
 class LatencyTableError(TraceNASError, ValueError):
@@ -85,6 +86,8 @@ class LatencyTable:
     space: str | None = None  # the search space it was profiled for, if any
     overhead_ms: float = 0.0  # fixed cost per inference, added once to every prediction
     notes: str = ""
+    # int8 tables: op configuration -> the ops its quantizer left float inside the unit (e.g. a hardswish)
+    float_units: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._index: dict[str, list[tuple[int, str]]] | None = None
@@ -108,7 +111,8 @@ class LatencyTable:
     def to_json(self) -> dict:
         return {"schema": SCHEMA, "version": VERSION, "device": self.device, "provenance": self.provenance,
                 "calibration": self.calibration, "space": self.space, "overhead_ms": self.overhead_ms,
-                "notes": self.notes,
+                "notes": self.notes, **({"float_units": dict(sorted(self.float_units.items()))}
+                                        if self.float_units else {}),
                 "entries": {k: asdict(v) for k, v in sorted(self.entries.items())}}
 
     def save(self, path: str | Path) -> Path:
@@ -158,8 +162,13 @@ class LatencyTable:
         overhead = data.get("overhead_ms", 0.0)
         if not isinstance(overhead, (int, float)) or not math.isfinite(overhead) or overhead < 0:
             raise fail(f"overhead_ms must be a non-negative number, got {overhead!r}")
+        float_units = data.get("float_units", {})
+        if not (isinstance(float_units, dict) and all(isinstance(ops, list) and all(isinstance(o, str) for o in ops)
+                                                      for ops in float_units.values())):
+            raise fail("float_units must be an object of op configuration -> list of op names")
         return cls(device=device, provenance=provenance, entries=entries, calibration=calibration,
-                   space=data.get("space"), overhead_ms=float(overhead), notes=str(data.get("notes", "")))
+                   space=data.get("space"), overhead_ms=float(overhead), notes=str(data.get("notes", "")),
+                   float_units=float_units)
 
     # ---------------------------------------------------------------- prediction
     def add(self, key: str, entry: Entry) -> None:
@@ -228,7 +237,7 @@ class LatencyTable:
         return {"name": self.name, "provenance": self.provenance, "entries": len(self.entries),
                 "runtime": self.device.get("runtime"), "threads": self.device.get("threads"),
                 "precision": self.precision, "calibration_error": (self.calibration or {}).get("loo_mape"),
-                "flops_baseline_error": baseline.get("mape"),
+                "flops_baseline_error": baseline.get("mape"), "float_units": len(self.float_units),
                 "notes": self.notes}
 
 

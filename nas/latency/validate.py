@@ -33,37 +33,51 @@ def repeatability(round_ms: list[list[float]]) -> dict:
     return {"rounds_within_10pct": float(np.mean(spread <= 0.10)), "max_round_spread": float(spread.max())}
 
 
-def validate(table: LatencyTable, backend: str, threads: int, n: int, seed: int = 0, space: str | None = None,
-             setting: LatencySetting = REFERENCE_SETTING, rounds: int = 3, progress: bool = True) -> dict:
-    """Measure `n` random subnets end to end (their traced one-tap program) and compare with the table.
+def measure_programs(archs: list[ArchConfig], backend: str, threads: int, setting: LatencySetting = REFERENCE_SETTING,
+                     rounds: int = 3, progress: bool = True, desc: str = "measure") -> list[list[float]]:
+    """Each architecture's one-tap program at `setting` (quantized when its precision is int8) on the
+    backend, timed in `rounds` interleaved passes: the median of each pass, per architecture.
 
-    The programs are timed in `rounds` interleaved passes and each keeps its fastest pass's median:
-    on a shared VM a slow phase lasts seconds to minutes and would otherwise double the latency of
-    whichever network it hit (seen on this 2-core VM at 2 threads), not of one pass of each. All `n`
-    programs stay loaded until the last pass."""
-    if n < 2:
-        raise InvalidValueError(f"--n must be at least 2 to rank architectures, got {n}")
+    Interleaving: on a shared VM a slow phase lasts seconds to minutes and would otherwise double the
+    latency of whichever network it hit (seen on this 2-core VM at 2 threads), not of one pass of
+    each. All programs stay loaded until the last pass."""
     if rounds < 1:
         raise InvalidValueError(f"--rounds must be at least 1, got {rounds}")
-    runtime = get_backend(backend, threads)
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    space = space or table.space or DEFAULT_SPACE
-    cases, runs = [], []
-    for _ in tqdm(range(n), desc=f"validate {table.name}: export", unit="arch", disable=not progress):
-        arch = ArchConfig.sample(rng, space)
+    runtime = get_backend(backend, threads, setting.precision)
+    runs = []
+    for arch in tqdm(archs, desc=f"{desc}: export", unit="arch", disable=not progress):
         program = setting.program(TraceNetStudent(arch))
         runs.append(runtime.prepare(program, program.example_inputs()))
-        cases.append({"arch": arch.to_dict(), "predicted_ms": predict_latency(arch, table, setting).latency_ms,
-                      "round_ms": []})
-    for _ in tqdm(range(rounds), desc=f"validate {table.name}: time", unit="round", disable=not progress):
-        for case, run in zip(cases, runs, strict=True):
-            case["round_ms"].append(measure(run).median)
-    for case in cases:
-        case["measured_ms"] = min(case["round_ms"])
+    round_ms: list[list[float]] = [[] for _ in archs]
+    for _ in tqdm(range(rounds), desc=f"{desc}: time", unit="round", disable=not progress):
+        for times, run in zip(round_ms, runs, strict=True):
+            times.append(measure(run).median)
+    return round_ms
+
+
+def random_archs(n: int, seed: int, space: str) -> list[ArchConfig]:
+    """The `n` random architectures of `space` that validate and measure draw for `seed` (weights seeded too)."""
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    return [ArchConfig.sample(rng, space) for _ in range(n)]
+
+
+def validate(table: LatencyTable, backend: str, threads: int, n: int, seed: int = 0, space: str | None = None,
+             setting: LatencySetting = REFERENCE_SETTING, rounds: int = 3, progress: bool = True) -> dict:
+    """Measure `n` random subnets end to end (their traced one-tap program, `measure_programs`) and
+    compare with the table; each keeps its fastest pass. The table must price `setting.precision`."""
+    if n < 2:
+        raise InvalidValueError(f"--n must be at least 2 to rank architectures, got {n}")
+    table.require_precision(setting.precision)
+    space = space or table.space or DEFAULT_SPACE
+    archs = random_archs(n, seed, space)
+    predicted = [predict_latency(arch, table, setting).latency_ms for arch in archs]
+    round_ms = measure_programs(archs, backend, threads, setting, rounds, progress, desc=f"validate {table.name}")
+    cases = [{"arch": arch.to_dict(), "predicted_ms": p, "round_ms": r, "measured_ms": min(r)}
+             for arch, p, r in zip(archs, predicted, round_ms, strict=True)]
     summary = accuracy([c["predicted_ms"] for c in cases], [c["measured_ms"] for c in cases])
     if rounds > 1:
         summary |= repeatability([c["round_ms"] for c in cases])
-    return {"target": table.name, "backend": backend, "threads": threads, "n": n, "seed": seed, "space": space,
-            "table_runtime": table.device.get("runtime"), "table_threads": table.device.get("threads"),
-            **summary, "cases": cases}
+    return {"target": table.name, "backend": backend, "threads": threads, "precision": setting.precision, "n": n,
+            "seed": seed, "space": space, "table_runtime": table.device.get("runtime"),
+            "table_threads": table.device.get("threads"), **summary, "cases": cases}

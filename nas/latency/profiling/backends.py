@@ -1,7 +1,8 @@
 """Runtimes a module can be timed on: torch eager, ONNX Runtime (CPU) and ExecuTorch with XNNPACK.
 
-`get_backend(name, threads).prepare(module, inputs)` exports the module to the runtime and returns
-a zero-argument callable that runs one inference; `nas profile`, `nas latency validate` and
+`get_backend(name, threads, precision).prepare(module, inputs)` exports the module to the runtime
+(with `precision="int8"`, quantized as that runtime quantizes: `quantized.py`) and returns a
+zero-argument callable that runs one inference; `nas profile`, `nas latency validate` and
 `nas bench` all time these callables, so per-op tables and end-to-end checks share one path.
 ExecuTorch's callables return outputs that alias the program's memory: valid while the callable lives.
 """
@@ -11,15 +12,27 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
 import torch
 from torch import nn
 
+from nas.latency.profiling.quantized import float_ops, lower_pt2e, qdq_float_nodes, quantize_onnx, quantize_pt2e
+from nas.latency.setting import PRECISIONS
 from search_spaces.common.errors import InvalidValueError, TraceNASError
 from search_spaces.common.resources import torch_threads
 
 BACKENDS = ("torch", "onnxruntime", "executorch-xnnpack")
+INT8_BACKENDS = ("onnxruntime", "executorch-xnnpack")
+
+
+@dataclass(frozen=True)
+class Lowering:
+    """What a backend made of a module: the size of the program it runs and the ops quantization left float."""
+
+    program_bytes: int
+    float_ops: list[str]
 
 
 class BackendUnavailableError(TraceNASError, ValueError):
@@ -35,6 +48,7 @@ def package_version(name: str) -> str:
 
 class TorchBackend:
     name = "torch"
+    precision = "fp32"
 
     def __init__(self, threads: int):
         self.threads = threads
@@ -70,9 +84,10 @@ def onnx_feeds(session, inputs: tuple[torch.Tensor, ...]) -> dict:
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
-    def __init__(self, threads: int, layout_transforms: bool = True):
+    def __init__(self, threads: int, layout_transforms: bool = True, precision: str = "fp32"):
         """`layout_transforms=False` stops at ONNX Runtime's extended optimisations, leaving out its
-        layout transforms (x86's blocked NCHWc convs): for experiments, not how it deploys."""
+        layout transforms (x86's blocked NCHWc convs): for experiments, not how it deploys.
+        `precision="int8"`: programs are quantized statically to QDQ, calibrated on their inputs."""
         try:
             import onnxruntime
         except ImportError:
@@ -80,6 +95,8 @@ class OnnxRuntimeBackend:
         self.ort = onnxruntime
         self.threads = threads
         self.layout_transforms = layout_transforms
+        self.precision = precision
+        self.lowerings: dict[str, Lowering] = {}  # by module repr (no weights, no shapes)
 
     @property
     def runtime_version(self) -> str:
@@ -99,8 +116,17 @@ class OnnxRuntimeBackend:
             options.profile_file_prefix = profile_prefix
         return self.ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
+    def program(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> bytes:
+        """The ONNX model this backend runs for `module`: float, or QDQ int8 calibrated on `inputs`."""
+        model = export_onnx(module, inputs)
+        if self.precision == "int8":
+            names = [i.name for i in self.session(model).get_inputs()]
+            model = quantize_onnx(model, names, [inputs])
+        self.lowerings[repr(module)] = Lowering(len(model), qdq_float_nodes(model) if self.precision == "int8" else [])
+        return model
+
     def prepare(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Callable[[], object]:
-        session = self.session(export_onnx(module, inputs))
+        session = self.session(self.program(module, inputs))
         feed = onnx_feeds(session, inputs)
         return lambda: session.run(None, feed)
 
@@ -110,7 +136,9 @@ def channels_last(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     return tuple(t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t for t in inputs)
 
 
-def _lower_to_xnnpack(module: nn.Module, inputs: tuple[torch.Tensor, ...], hw_range: tuple[int, int] | None):
+def _lower_to_xnnpack(module: nn.Module, inputs: tuple[torch.Tensor, ...], hw_range: tuple[int, int] | None,
+                      int8: bool = False):
+    """The lowered program, and (int8) the ops its quantizer left float."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
@@ -119,15 +147,18 @@ def _lower_to_xnnpack(module: nn.Module, inputs: tuple[torch.Tensor, ...], hw_ra
         h, w = torch.export.Dim("h", min=hw_range[0], max=hw_range[1]), torch.export.Dim("w", min=hw_range[0],
                                                                                         max=hw_range[1])
         dynamic = tuple({2: h, 3: w} if t.ndim == 4 else None for t in inputs)
+    if int8:
+        graph = quantize_pt2e(module, [inputs], dynamic)
+        return lower_pt2e(graph, inputs, dynamic), float_ops(graph)
     exported = torch.export.export(module.eval(), inputs, dynamic_shapes=dynamic)
-    return to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+    return to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]), []
 
 
 def export_executorch(module: nn.Module, inputs: tuple[torch.Tensor, ...],
                       hw_range: tuple[int, int] | None = None) -> bytes:
     """A .pte program with every supported op delegated to XNNPACK. With `hw_range` (min, max), the
     height and width of every 4-D input are dynamic within it (one program for many shapes)."""
-    return _lower_to_xnnpack(module, inputs, hw_range).to_executorch().buffer
+    return _lower_to_xnnpack(module, inputs, hw_range)[0].to_executorch().buffer
 
 
 # layouts `lower_executorch` chooses for a program's 4-D inputs
@@ -147,8 +178,9 @@ def _layout_of(lowered) -> str:
 
 
 def lower_executorch(module: nn.Module, inputs: tuple[torch.Tensor, ...], hw_range: tuple[int, int] | None = None,
-                     try_nhwc: bool = True) -> tuple[bytes, str]:
-    """`export_executorch`, and the layout its 4-D inputs take: NHWC, NCHW_PORTABLE or NCHW_1X1.
+                     try_nhwc: bool = True, int8: bool = False) -> tuple[bytes, str, list[str]]:
+    """`export_executorch` (with `int8`, of the PT2E-quantized module), the layout its 4-D inputs take
+    (NHWC, NCHW_PORTABLE or NCHW_1X1) and the ops quantization left float.
 
     Inside a network XNNPACK keeps activations NHWC from op to op, so a table unit it runs entirely
     is lowered for NHWC inputs: fed NCHW, it would pay a layout conversion on each side that in the
@@ -157,13 +189,14 @@ def lower_executorch(module: nn.Module, inputs: tuple[torch.Tensor, ...], hw_ran
     rejects their ambiguous layout at run time). `try_nhwc=False` skips the NHWC attempt (a lowering
     costs seconds) for a module already known to need portable kernels."""
     if try_nhwc:
-        lowered = _lower_to_xnnpack(module, channels_last(inputs), hw_range)
+        lowered, kept = _lower_to_xnnpack(module, channels_last(inputs), hw_range, int8)
         layout = _layout_of(lowered)
         if layout == NHWC:
-            return lowered.to_executorch().buffer, NHWC
+            return lowered.to_executorch().buffer, NHWC, kept
     else:
         layout = NCHW_PORTABLE
-    return export_executorch(module, inputs, hw_range), layout
+    lowered, kept = _lower_to_xnnpack(module, inputs, hw_range, int8)
+    return lowered.to_executorch().buffer, layout, kept
 
 
 def export_coreml(module: nn.Module, inputs: tuple[torch.Tensor, ...]):
@@ -179,7 +212,9 @@ def export_coreml(module: nn.Module, inputs: tuple[torch.Tensor, ...]):
 class ExecutorchXnnpackBackend:
     name = "executorch-xnnpack"
 
-    def __init__(self, threads: int):
+    def __init__(self, threads: int, precision: str = "fp32"):
+        """`precision="int8"`: modules are quantized through PT2E with XNNPACK's quantizer, calibrated
+        on their inputs. `lowerings` maps each module's repr to what it was lowered to."""
         try:
             from executorch.extension.pybindings import portable_lib
         except ImportError:
@@ -187,7 +222,9 @@ class ExecutorchXnnpackBackend:
         portable_lib._unsafe_reset_threadpool(threads)  # XNNPACK's thread pool is process-wide
         self.portable_lib = portable_lib
         self.threads = threads
+        self.precision = precision
         self._portable_modules: set[str] = set()  # module reprs (no weights, no shapes) that need portable kernels
+        self.lowerings: dict[str, Lowering] = {}
 
     @property
     def runtime_version(self) -> str:
@@ -203,16 +240,24 @@ class ExecutorchXnnpackBackend:
         with the layout of `lower_executorch`."""
         sides = [s for inputs in input_sets for t in inputs if t.ndim == 4 for s in t.shape[-2:]]
         hw_range = (min(sides), max(sides)) if len(input_sets) > 1 else None
-        buffer, layout = lower_executorch(module, input_sets[0], hw_range,
-                                          try_nhwc=repr(module) not in self._portable_modules)
-        if layout == NCHW_PORTABLE:
-            self._portable_modules.add(repr(module))
-        if layout == NHWC:
-            input_sets = [channels_last(inputs) for inputs in input_sets]
+        int8 = self.precision == "int8"
+        buffer, layout, kept = lower_executorch(module, input_sets[0], hw_range,
+                                                try_nhwc=repr(module) not in self._portable_modules, int8=int8)
         # the pybinding's method, not `executorch.runtime.Method`: its `execute()` runs without copying
         # inputs in and outputs out, so only the program is timed, as ETDump and on-device runners do
         program = self.portable_lib._load_program_from_buffer(buffer)
         method = program.load_method("forward")
+        if int8 and layout == NHWC and not self._computes(method, module, input_sets[0]):
+            # a lone quantized add or concat lowered NHWC is rejected at run time or returns its output
+            # in the wrong memory order
+            buffer, layout, kept = lower_executorch(module, input_sets[0], hw_range, try_nhwc=False, int8=True)
+            program = self.portable_lib._load_program_from_buffer(buffer)
+            method = program.load_method("forward")
+        self.lowerings[repr(module)] = Lowering(len(buffer), kept)
+        if layout == NCHW_PORTABLE:
+            self._portable_modules.add(repr(module))
+        if layout == NHWC:
+            input_sets = [channels_last(inputs) for inputs in input_sets]
         current = None  # the inputs set on `method`, which all runners share
 
         def runner(args: list[torch.Tensor]) -> Callable[[], object]:
@@ -229,14 +274,38 @@ class ExecutorchXnnpackBackend:
 
         return [runner(list(inputs)) for inputs in input_sets]
 
+    @staticmethod
+    def _computes(method, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> bool:
+        """Whether `method`, fed `inputs` NHWC, runs and answers the float module within a tenth of its
+        output range (int8 rounding is far below that; a wrong memory order is not)."""
+        try:
+            method.set_inputs(list(channels_last(inputs)))
+            method.execute()
+        except RuntimeError:
+            return False
+        with torch.no_grad():
+            references = module.eval()(*inputs)
+        references = references if isinstance(references, tuple | list) else (references,)
+        for out, ref in zip(method.get_outputs(clone_outputs=True), references, strict=True):
+            span = float(ref.max() - ref.min()) if ref.numel() else 0.0
+            if float((out.float() - ref).abs().max()) > 0.1 * span:
+                return False
+        return True
+
 
 Backend = TorchBackend | OnnxRuntimeBackend | ExecutorchXnnpackBackend
 
 
-def get_backend(name: str, threads: int) -> Backend:
+def get_backend(name: str, threads: int, precision: str = "fp32") -> Backend:
     if threads < 1:
         raise InvalidValueError(f"threads must be at least 1, got {threads}")
     classes = {"torch": TorchBackend, "onnxruntime": OnnxRuntimeBackend, "executorch-xnnpack": ExecutorchXnnpackBackend}
     if name not in classes:
         raise InvalidValueError(f"unknown backend {name!r}; choose from {list(BACKENDS)}")
-    return classes[name](threads)
+    if precision not in PRECISIONS:
+        raise InvalidValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return classes[name](threads)
+    if name not in INT8_BACKENDS:
+        raise InvalidValueError(f"{name} runs float32 programs; int8 is for {' and '.join(INT8_BACKENDS)}")
+    return classes[name](threads, precision=precision)

@@ -125,7 +125,7 @@ def _export(backend: str, key: OpKey, path: Path) -> dict:
     if backend == "onnxruntime":
         path.write_bytes(export_onnx(module, inputs))
     elif backend == "executorch-xnnpack":
-        program, layout = lower_executorch(module, inputs)
+        program, layout, _ = lower_executorch(module, inputs)
         path.write_bytes(program)
     else:
         export_coreml(module, inputs).save(str(path))

@@ -21,6 +21,7 @@ import dataclasses
 import itertools
 import json
 import os
+import re
 import statistics
 import tempfile
 from collections import defaultdict
@@ -34,7 +35,7 @@ from tqdm import tqdm
 from nas.latency.op_keys import OpKey
 from nas.latency.op_kinds import ContextProfileError, op_kind
 from nas.latency.predict import setting_op_keys
-from nas.latency.profiling.backends import OnnxRuntimeBackend, export_onnx, onnx_feeds
+from nas.latency.profiling.backends import OnnxRuntimeBackend, onnx_feeds
 from nas.latency.profiling.profiler import covering_archs, device_metadata, measure, open_table, summarize
 from nas.latency.setting import REFERENCE_SETTING, LatencySetting
 from nas.latency.table import LatencyTable, LatencyTableError
@@ -48,19 +49,23 @@ FOLDED = {"Constant", "Identity"}  # ONNX Runtime folds them away: they are no u
 IN_CONTEXT_NOTE = "in context:"  # how an in-context table's notes begin
 
 
-def _unit_nodes(key: OpKey) -> tuple[str, ...]:
-    return op_kind(key).onnx_nodes(key)
+QDQ = {"QuantizeLinear", "DequantizeLinear"}  # an int8 program's: priced with the unit they sit in
 
 
-def node_units(graph: onnx.GraphProto, keys: Sequence[OpKey]) -> list[int]:
-    """Index into `keys` (clicks, trunk units..., tap head) of the unit each graph node belongs to."""
+def node_units(graph: onnx.GraphProto, keys: Sequence[OpKey], precision: str = "fp32") -> list[int]:
+    """Index into `keys` (clicks, trunk units..., tap head) of the unit each graph node belongs to, in a
+    program of `precision` (int8: a QDQ program, `quantized.quantize_onnx`)."""
+    def _unit_nodes(key: OpKey) -> tuple[str, ...]:
+        return op_kind(key).onnx_nodes(key, precision)
+
+    folded = FOLDED | QDQ if precision == "int8" else FOLDED
     nodes, last_trunk, head = list(graph.node), len(keys) - 2, len(keys) - 1
     owner: list[int | None] = [None] * len(nodes)
     unit, closer, expected = 0, "", []  # the last unit whose anchor was seen, and the nodes it still owns
     for i, node in enumerate(nodes):
         if closer or expected:
             owner[i] = unit
-            if node.op_type in FOLDED:
+            if node.op_type in folded:
                 continue
             if closer:  # an SE runs up to its gate's Mul (its two convs are not units)
                 closer = "" if node.op_type == closer else closer
@@ -95,7 +100,7 @@ def node_units(graph: onnx.GraphProto, keys: Sequence[OpKey]) -> list[int]:
 def _graph_index(profiled_name: str, by_name: dict[str, int],
                  by_output: dict[str, int]) -> int | None:
     """The exported graph's node an ONNX Runtime node came from (None for nodes it inserted)."""
-    name = profiled_name.removesuffix("_kernel_time")
+    name = re.sub(r"_token_\d+$", "", profiled_name.removesuffix("_kernel_time"))  # a QLinearConv's fused name
     if name.endswith("_nchwc"):  # an NCHWc rewrite is named after the value it produces
         return by_output.get(name.removesuffix("_nchwc"))
     while name:
@@ -105,10 +110,11 @@ def _graph_index(profiled_name: str, by_name: dict[str, int],
     return None
 
 
-def unit_times(model: bytes, keys: Sequence[OpKey], profile_path: str, runs: int) -> list[float]:
+def unit_times(model: bytes, keys: Sequence[OpKey], profile_path: str, runs: int, precision: str = "fp32"
+               ) -> list[float]:
     """Median time (ms) per unit of `keys` over the last `runs` runs recorded in ONNX Runtime's profile."""
     graph = onnx.load_from_string(model).graph
-    owner = node_units(graph, keys)
+    owner = node_units(graph, keys, precision)
     by_name = {node.name: i for i, node in enumerate(graph.node)}
     by_output = {out: i for i, node in enumerate(graph.node) for out in node.output}
     with open(profile_path) as f:
@@ -132,14 +138,15 @@ def unit_times(model: bytes, keys: Sequence[OpKey], profile_path: str, runs: int
 
 def profile_in_context(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], keys: Sequence[OpKey],
                        runtime: OnnxRuntimeBackend, runs: int = 20, warmup: int = 5) -> tuple[list[float], float]:
-    """(time per unit of `keys` inside the exported program, the program's wall time unprofiled), in ms."""
-    model = export_onnx(module, inputs)
+    """(time per unit of `keys` inside the program the runtime runs (quantized for an int8 runtime), the
+    program's wall time unprofiled), in ms."""
+    model = runtime.program(module, inputs)
     with tempfile.TemporaryDirectory() as tmp:
         session = runtime.session(model, profile_prefix=os.path.join(tmp, "ort"))
         feeds = onnx_feeds(session, inputs)
         for _ in range(warmup + runs):
             session.run(None, feeds)
-        per_unit = unit_times(model, keys, session.end_profiling(), runs)
+        per_unit = unit_times(model, keys, session.end_profiling(), runs, runtime.precision)
     plain = runtime.session(model)
     wall = measure(lambda: plain.run(None, feeds)).median
     return per_unit, wall
@@ -199,10 +206,10 @@ def profile_context(out: str | Path, device: str, threads: int, space: str,
     space's programs, and keeps those it has. Programs go to `out` minus .json plus .SPACE.programs.jsonl
     as they are done, with the units priced before, and a rerun resumes from there; the table is
     written at the end."""
-    runtime = OnnxRuntimeBackend(threads)
+    runtime = OnnxRuntimeBackend(threads, precision=setting.precision)
     out = Path(out)
     with exclusive(out), sigterm_as_interrupt():  # one writer per table; SIGTERM stops like Ctrl-C
-        metadata = device_metadata(device, runtime.name, threads, runtime.runtime_version)
+        metadata = device_metadata(device, runtime.name, threads, runtime.runtime_version, setting.precision)
         table = open_table(out, metadata, space)
         if table.entries and not table.notes.startswith(IN_CONTEXT_NOTE):
             raise LatencyTableError(f"{out}: holds units timed alone, not in context; choose another --out")

@@ -25,7 +25,7 @@ from nas import __version__
 from nas.latency.op_keys import OpKey, OpKeyError, arch_op_keys
 from nas.latency.op_kinds import op_kind, op_module
 from nas.latency.profiling.backends import Backend, get_backend
-from nas.latency.table import Entry, LatencyTable, LatencyTableError, shape_ladder
+from nas.latency.table import PRECISION_DTYPE, Entry, LatencyTable, LatencyTableError, shape_ladder
 from search_spaces.common.files import exclusive, read_text
 from search_spaces.common.resources import sigterm_as_interrupt
 from search_spaces.space import ArchConfig, get_space
@@ -134,17 +134,20 @@ def host_hardware() -> str:
     return platform.processor() or platform.machine()
 
 
-def device_metadata(name: str, backend: str, threads: int, runtime_version: str) -> dict:
+def device_metadata(name: str, backend: str, threads: int, runtime_version: str, precision: str = "fp32") -> dict:
     return {"name": name, "hardware": host_hardware(), "os": platform.platform(), "runtime": backend,
-            "runtime_version": runtime_version, "threads": threads, "dtype": "float32",
+            "runtime_version": runtime_version, "threads": threads, "dtype": PRECISION_DTYPE[precision],
             "date": date.today().isoformat(), "tool_version": __version__}
 
 
 def open_table(path: Path, device: dict, space: str | None) -> LatencyTable:
-    """The table at `path` to resume (it must be for the same device, runtime and threads), or a new one."""
+    """The table at `path` to resume (it must be for the same device, runtime, threads and dtype), or a new one."""
     if not path.exists():
         return LatencyTable(device=device, provenance="measured", space=space)
     table = LatencyTable.load(path)
+    if table.device.get("dtype", "float32") != device["dtype"]:
+        raise LatencyTableError(f"{path}: exists for dtype={table.device.get('dtype', 'float32')!r}, not "
+                                f"{device['dtype']!r}; choose another --out to profile another precision")
     for field in ("name", "runtime", "threads"):
         if table.device.get(field) != device[field]:
             raise LatencyTableError(f"{path}: exists for {field}={table.device.get(field)!r}, not "
@@ -154,18 +157,22 @@ def open_table(path: Path, device: dict, space: str | None) -> LatencyTable:
 
 def profile(keys: Iterable[OpKey], out: str | Path, device: str, backend: str, threads: int,
             space: str | None = None, progress: bool = True, recheck_above_ms: float | None = None,
-            remeasure: bool = False, **measure_options: float) -> LatencyTable:
+            remeasure: bool = False, precision: str = "fp32", **measure_options: float) -> LatencyTable:
     """Measure every key missing from the table at `out` (with `remeasure`, every key, replacing its
     entry), saving as it goes (a rerun resumes).
+
+    `precision="int8"`: each unit is quantized as the backend's runtime quantizes (PT2E + XNNPACK's
+    quantizer, or ONNX Runtime's static QDQ), calibrated on its example inputs, and the ops the
+    quantizer leaves float are recorded per configuration in `table.float_units`.
 
     `recheck_above_ms`: then time the keys whose median exceeds it once more and keep the faster
     median. A slow phase of a shared VM (or a throttled phone) lasts seconds to minutes and inflates
     whole measurements, and the largest units dominate every prediction; an interrupted recheck
     keeps what it saved, and rerunning only lowers entries further."""
-    runtime = get_backend(backend, threads)
+    runtime = get_backend(backend, threads, precision)
     out = Path(out)
     with exclusive(out), sigterm_as_interrupt():  # one writer per table; SIGTERM stops like Ctrl-C
-        table = open_table(out, device_metadata(device, backend, threads, runtime.runtime_version), space)
+        table = open_table(out, device_metadata(device, backend, threads, runtime.runtime_version, precision), space)
         keys = list(dict.fromkeys(keys))
         todo = keys if remeasure else [k for k in keys if str(k) not in table.entries]
         try:
@@ -194,6 +201,9 @@ def _measure_into(table: LatencyTable, keys: list[OpKey], runtime: Backend, out:
         except Exception:  # noqa: BLE001 - export's guards reject some dynamic ranges: lower shape by shape
             runs = [runtime.prepare(op_module(key)[0], key_inputs) for key, key_inputs in zip(group, inputs,
                                                                                              strict=True)]
+        lowering = getattr(runtime, "lowerings", {}).get(repr(module))
+        if lowering is not None and lowering.float_ops:
+            table.float_units[group[0].config] = lowering.float_ops
         for key, run in zip(group, runs, strict=True):
             entry = measure(run, **measure_options)
             previous = table.entries.get(str(key))
