@@ -91,7 +91,6 @@ def test_one_op_kind_registry_serves_profiling_calibration_and_in_context_matchi
     from nas.latency.calibrate import op_class
     from nas.latency.op_keys import OpKeyError
     from nas.latency.op_kinds import OP_KINDS, OpKind, op_kind, op_module
-    from nas.latency.profiling.in_context import _unit_nodes
 
     def build(key):
         return torch.nn.Hardshrink(), (torch.randn(1, int(key.attr("c")), *key.out_hw),)
@@ -104,7 +103,7 @@ def test_one_op_kind_registry_serves_profiling_calibration_and_in_context_matchi
                                                    onnx_anchor=lambda k: "Shrink"))
     module, inputs = op_module(key)
     assert module(*inputs).shape == (1, 4, 5, 6)
-    assert op_class(key) == "act" and _unit_nodes(key) == ("Shrink",) and op_kind(key).shape_free
+    assert op_class(key) == "act" and op_kind(key).onnx_nodes(key) == ("Shrink",) and op_kind(key).shape_free
     with pytest.raises(OpKeyError, match="does not carry the attributes"):
         op_module(OpKey.parse("shrink[c=4,k=3]@5x6"))
 

@@ -40,13 +40,15 @@ def peak_memory_mb(work: Callable[[], object]) -> tuple[object, float | None]:
     return result, (_status_kb("VmHWM") - before) / 1024
 
 
-def host_table(backend: str, threads: int, precision: str = "fp32") -> LatencyTable | None:
-    """The shipped measured table of this runtime, thread count and precision, if there is one."""
+def host_table(backend: str, threads: int, precision: str = "fp32", space: str | None = None) -> LatencyTable | None:
+    """The shipped measured table of this runtime, thread count and precision (and, given, profiled for
+    `space`), if there is one."""
     runtime = {"onnxruntime": "onnxruntime", "executorch-xnnpack": "executorch", "torch": "torch"}[backend]
     for path in available_targets().values():
         table = LatencyTable.load(path)
         if (table.provenance == "measured" and str(table.device.get("runtime", "")).startswith(runtime)
-                and table.device.get("threads") == threads and table.precision == precision):
+                and table.device.get("threads") == threads and table.precision == precision
+                and (space is None or table.space == space)):
             return table
     return None
 
@@ -60,7 +62,7 @@ def bench(model: TraceNetStudent, backend: str, threads: int, setting: LatencySe
     run = runtime.prepare(program, inputs)
     entry, peak = peak_memory_mb(lambda: measure(run))
     weights_mb = sum(t.numel() * t.element_size() for t in model.parameters()) / 2**20
-    table = table if table is not None else host_table(backend, threads, setting.precision)
+    table = table if table is not None else host_table(backend, threads, setting.precision, arch.space)
     report = {"backend": backend, "runtime_version": runtime.runtime_version, "threads": threads,
               "precision": setting.precision,
               "measured_ms": entry.median, "measured_p90_ms": entry.p90, "runs": entry.count,
