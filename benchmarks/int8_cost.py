@@ -36,9 +36,9 @@ from nas.deploy.quantize import calibration_items
 from nas.evaluation.clicker import RitmClicker, foreground
 from nas.evaluation.noc import noc_protocol
 from nas.latency.predict import predict_latency
-from nas.latency.profiling.backends import export_onnx, get_backend, lower_executorch
+from nas.latency.profiling.backends import export_onnx, get_backend, lower_executorch, lower_to_xnnpack
 from nas.latency.profiling.profiler import measure
-from nas.latency.profiling.quantized import lower_pt2e, quantize_onnx, quantize_pt2e
+from nas.latency.profiling.quantized import quantize_onnx, quantize_pt2e
 from nas.latency.setting import LatencySetting
 from nas.latency.table import resolve_target
 from nas.latency.validate import random_archs
@@ -127,10 +127,7 @@ def _runners(program: TracedTap, backend: str, calibration: list) -> dict:
             names = [i.name for i in session.get_inputs()]
             return lambda *inputs: session.run(None, {n: t.numpy() for n, t in zip(names, inputs, strict=True)})
 
-        names = [i.name for i in onnxruntime.InferenceSession(float_onnx, providers=["CPUExecutionProvider"])
-                 .get_inputs()]
-        return {"fp32": session_runner(float_onnx), "int8": session_runner(quantize_onnx(float_onnx, names,
-                                                                                          calibration))}
+        return {"fp32": session_runner(float_onnx), "int8": session_runner(quantize_onnx(float_onnx, calibration))}
     from executorch.runtime import Runtime
 
     def method_runner(buffer: bytes):
@@ -139,7 +136,7 @@ def _runners(program: TracedTap, backend: str, calibration: list) -> dict:
         return lambda *inputs: (program, method.execute(list(inputs)))[1]
 
     float_pte = lower_executorch(program, example, try_nhwc=False)[0]
-    int8_pte = lower_pt2e(quantize_pt2e(program, calibration), example).to_executorch().buffer
+    int8_pte = lower_to_xnnpack(quantize_pt2e(program, calibration), example).to_executorch().buffer
     return {"fp32": method_runner(float_pte), "int8": method_runner(int8_pte)}
 
 

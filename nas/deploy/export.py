@@ -21,8 +21,15 @@ from pathlib import Path
 import torch
 
 from nas.deploy.quantize import CalibrationItem, calibration_items, int8_parity
-from nas.latency.profiling.backends import export_coreml, export_executorch, export_onnx, onnx_feeds, package_version
-from nas.latency.profiling.quantized import float_ops, lower_pt2e, qdq_float_nodes, quantize_onnx, quantize_pt2e
+from nas.latency.profiling.backends import (
+    export_coreml,
+    export_executorch,
+    export_onnx,
+    lower_to_xnnpack,
+    onnx_feeds,
+    package_version,
+)
+from nas.latency.profiling.quantized import float_ops, qdq_float_nodes, quantize_onnx, quantize_pt2e
 from nas.latency.setting import PRECISIONS, REFERENCE_SETTING, LatencySetting
 from search_spaces.common.errors import InvalidValueError
 from search_spaces.common.files import atomic_write
@@ -139,7 +146,7 @@ def _export_int8(program: TracedTap, fmt: str, out: Path, path: Path, items: lis
         from executorch.runtime import Runtime
 
         graph = quantize_pt2e(program, feeds)
-        data = lower_pt2e(graph, feeds[0]).to_executorch().buffer
+        data = lower_to_xnnpack(graph, feeds[0]).to_executorch().buffer
         method = Runtime.get().load_program(data).load_method("forward")
         outputs = [method.execute(list(f)) for f in feeds]
         with torch.no_grad():  # the runtime against the quantized graph it lowered
@@ -150,10 +157,7 @@ def _export_int8(program: TracedTap, fmt: str, out: Path, path: Path, items: lis
     else:
         import onnxruntime
 
-        float_onnx = export_onnx(program, feeds[0])
-        names = [i.name for i in onnxruntime.InferenceSession(float_onnx, providers=["CPUExecutionProvider"])
-                 .get_inputs()]
-        data = quantize_onnx(float_onnx, names, feeds)
+        data = quantize_onnx(export_onnx(program, feeds[0]), feeds)
         session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
         outputs = [session.run(None, onnx_feeds(session, f)) for f in feeds]
         runtime_diff, kept = None, qdq_float_nodes(data)

@@ -18,7 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 import torch
 from torch import nn
 
-from nas.latency.profiling.quantized import float_ops, lower_pt2e, qdq_float_nodes, quantize_onnx, quantize_pt2e
+from nas.latency.profiling.quantized import float_ops, qdq_float_nodes, quantize_onnx, quantize_pt2e
 from nas.latency.setting import PRECISIONS
 from search_spaces.common.errors import InvalidValueError, TraceNASError
 from search_spaces.common.resources import torch_threads
@@ -52,6 +52,7 @@ class TorchBackend:
 
     def __init__(self, threads: int):
         self.threads = threads
+        self.lowerings: dict[str, Lowering] = {}  # eager modules are run as they are: nothing is lowered
 
     @property
     def runtime_version(self) -> str:
@@ -120,8 +121,7 @@ class OnnxRuntimeBackend:
         """The ONNX model this backend runs for `module`: float, or QDQ int8 calibrated on `inputs`."""
         model = export_onnx(module, inputs)
         if self.precision == "int8":
-            names = [i.name for i in self.session(model).get_inputs()]
-            model = quantize_onnx(model, names, [inputs])
+            model = quantize_onnx(model, [inputs])
         self.lowerings[repr(module)] = Lowering(len(model), qdq_float_nodes(model) if self.precision == "int8" else [])
         return model
 
@@ -136,12 +136,20 @@ def channels_last(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     return tuple(t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t for t in inputs)
 
 
-def _lower_to_xnnpack(module: nn.Module, inputs: tuple[torch.Tensor, ...], hw_range: tuple[int, int] | None,
-                      int8: bool = False):
-    """The lowered program, and (int8) the ops its quantizer left float."""
+def lower_to_xnnpack(module: nn.Module, inputs: tuple[torch.Tensor, ...], dynamic_shapes: object = None):
+    """`module` exported as it is (an eval-mode module, or a converted PT2E graph, which has no
+    train/eval switch) and lowered with every supported op delegated to XNNPACK: an
+    `EdgeProgramManager` (`.to_executorch().buffer` is the .pte program)."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
+    exported = torch.export.export(module, inputs, dynamic_shapes=dynamic_shapes)
+    return to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+
+
+def _lower_to_xnnpack(module: nn.Module, inputs: tuple[torch.Tensor, ...], hw_range: tuple[int, int] | None,
+                      int8: bool = False):
+    """The lowered program, and (int8) the ops its quantizer left float."""
     dynamic = None
     if hw_range is not None:
         h, w = torch.export.Dim("h", min=hw_range[0], max=hw_range[1]), torch.export.Dim("w", min=hw_range[0],
@@ -149,9 +157,8 @@ def _lower_to_xnnpack(module: nn.Module, inputs: tuple[torch.Tensor, ...], hw_ra
         dynamic = tuple({2: h, 3: w} if t.ndim == 4 else None for t in inputs)
     if int8:
         graph = quantize_pt2e(module, [inputs], dynamic)
-        return lower_pt2e(graph, inputs, dynamic), float_ops(graph)
-    exported = torch.export.export(module.eval(), inputs, dynamic_shapes=dynamic)
-    return to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]), []
+        return lower_to_xnnpack(graph, inputs, dynamic), float_ops(graph)
+    return lower_to_xnnpack(module.eval(), inputs, dynamic), []
 
 
 def export_executorch(module: nn.Module, inputs: tuple[torch.Tensor, ...],

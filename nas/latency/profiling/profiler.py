@@ -201,7 +201,7 @@ def _measure_into(table: LatencyTable, keys: list[OpKey], runtime: Backend, out:
         except Exception:  # noqa: BLE001 - export's guards reject some dynamic ranges: lower shape by shape
             runs = [runtime.prepare(op_module(key)[0], key_inputs) for key, key_inputs in zip(group, inputs,
                                                                                              strict=True)]
-        lowering = getattr(runtime, "lowerings", {}).get(repr(module))
+        lowering = runtime.lowerings.get(repr(module))
         if lowering is not None and lowering.float_ops:
             table.float_units[group[0].config] = lowering.float_ops
         for key, run in zip(group, runs, strict=True):

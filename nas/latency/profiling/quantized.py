@@ -2,7 +2,7 @@
 
 - ExecuTorch: PT2E with XNNPACK's quantizer (weights symmetric per channel, activations per tensor):
   `torch.export` -> `prepare_pt2e` -> calibration -> `convert_pt2e`, then lowered to XNNPACK like a
-  float program (`to_edge_transform_and_lower`).
+  float program (`backends.lower_to_xnnpack`).
 - ONNX Runtime: static QDQ quantization of the float ONNX program (`quantize_static`, weights int8
   per channel, activations uint8), the format ONNX Runtime's int8 kernels fuse; the quantized model
   keeps the float model's node order.
@@ -54,16 +54,6 @@ _NON_COMPUTE = ("quantize_per", "dequantize_per", "getitem", "view", "reshape", 
 _ONNX_NON_COMPUTE = {"QuantizeLinear", "DequantizeLinear", "Constant", "Identity", "Shape", "Gather", "Reshape",
                      "Slice", "Squeeze", "Unsqueeze", "Transpose", "Cast", "ConstantOfShape", "Expand", "Pad",
                      "Flatten", "Split"}
-
-
-def lower_pt2e(graph: torch.fx.GraphModule, inputs: Inputs, dynamic_shapes: object = None):
-    """A converted PT2E graph exported as it is (it has no train/eval switch) and lowered to XNNPACK,
-    its int8 ops delegated: an `EdgeProgramManager` (`.to_executorch().buffer` is the .pte program)."""
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
-
-    exported = torch.export.export(graph, inputs, dynamic_shapes=dynamic_shapes)
-    return to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
 
 
 def float_ops(graph: torch.fx.GraphModule) -> list[str]:
@@ -145,12 +135,16 @@ def _in_float_order(quantized: onnx.ModelProto, float_order: list[str]) -> onnx.
     return quantized
 
 
-def quantize_onnx(float_onnx: bytes, input_names: Sequence[str], calibration: Sequence[Inputs]) -> bytes:
+def quantize_onnx(float_onnx: bytes, calibration: Sequence[Inputs]) -> bytes:
     """ONNX Runtime's static QDQ int8 model of `float_onnx`, calibrated on `calibration` (tensors in the
-    order of `input_names`), its nodes in the float model's order. Every conv's bias is first made an
+    order of the model's inputs), its nodes in the float model's order. Every conv's bias is first made an
     initializer, so every conv is quantized."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    model = _initializers_for_identities(onnx.load_from_string(float_onnx))
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    input_names = [i.name for i in model.graph.input if i.name not in initializers]
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -160,7 +154,6 @@ def quantize_onnx(float_onnx: bytes, input_names: Sequence[str], calibration: Se
         def get_next(self) -> dict | None:
             return next(self.feeds, None)
 
-    model = _initializers_for_identities(onnx.load_from_string(float_onnx))
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # quantize_static logs its advice through the root logger
