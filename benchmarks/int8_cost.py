@@ -1,9 +1,11 @@
-"""What int8 (W8A8 post-training quantization) costs and buys on each runtime of this machine.
+"""What int8 (W8A8 post-training quantization) costs and buys on each runtime of this machine, and
+what float16 costs where a runtime runs it (ExecuTorch-XNNPACK).
 
 Three parts, each printed as a table (`--json`: one object):
 
 1. Latency and size: the two README students (`benchmarks/*_best_arch.json`) and one fixed backbone
-   (`--fixed`), float32 and int8, on ONNX Runtime and ExecuTorch-XNNPACK at `--threads`: the
+   (`--fixed`), float32 and int8 on ONNX Runtime and ExecuTorch-XNNPACK (and float16 on the latter) at
+   `--threads`: the
    one-tap program at the reference setting, timed as `nas bench` times it (3 interleaved passes,
    fastest kept), and the size of the program the runtime loads. Latency does not depend on the
    weights, so these students have random weights (BN statistics from data).
@@ -36,7 +38,13 @@ from nas.deploy.quantize import calibration_items
 from nas.evaluation.clicker import RitmClicker, foreground
 from nas.evaluation.noc import noc_protocol
 from nas.latency.predict import predict_latency
-from nas.latency.profiling.backends import export_onnx, get_backend, lower_executorch, lower_to_xnnpack
+from nas.latency.profiling.backends import (
+    PRECISION_BACKENDS,
+    export_onnx,
+    get_backend,
+    lower_executorch,
+    lower_to_xnnpack,
+)
 from nas.latency.profiling.profiler import measure
 from nas.latency.profiling.quantized import quantize_onnx, quantize_pt2e
 from nas.latency.setting import LatencySetting
@@ -55,7 +63,7 @@ HERE = Path(__file__).parent
 STUDENTS = {"iphone13 5 ms": HERE / "iphone13_5ms_best_arch.json",
             "x86-2core-ort-2t 15 ms": HERE / "x86-2core-ort-2t_15ms_best_arch.json"}
 RUNTIMES = ("onnxruntime", "executorch-xnnpack")
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8")  # of the quality part
 NOC_CLICKS = 20
 
 
@@ -70,7 +78,7 @@ def cost(models: dict[str, TraceNetStudent], threads: int, rounds: int = 3) -> l
     precision, at the reference setting."""
     rows, runs = [], []
     for backend in RUNTIMES:
-        for precision in PRECISIONS:
+        for precision in ("fp32", *(p for p, backends in PRECISION_BACKENDS.items() if backend in backends)):
             runtime = get_backend(backend, threads, precision)
             setting = LatencySetting(precision=precision)
             for name, model in models.items():

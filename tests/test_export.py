@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from nas.cli.main import main
 from nas.deploy.export import export_student
@@ -78,7 +79,7 @@ def test_int8_export_runs_on_the_runtime_with_a_quantization_parity_report(tmp_p
     info = json.loads(capsys.readouterr().out)
     stored = json.loads((tmp_path / "q" / "export.json").read_text())
     assert stored == info and (tmp_path / "q" / info["file"]).stat().st_size == info["program_bytes"]
-    report = info["int8_parity"]
+    report = info["precision_parity"]
     assert info["precision"] == "int8" and info["quantization"]["calibration_data"] == "bundled photos"
     assert report["images"] == 4  # one tap on each bundled photo
     # quantized (not a float program under another name), and close to the float program
@@ -96,12 +97,33 @@ def test_int8_export_runs_on_the_runtime_with_a_quantization_parity_report(tmp_p
                                                                   for op in kept), kept
 
 
+def test_fp16_export_runs_on_executorch_with_a_parity_report(tmp_path, calibrated_student, capsys):
+    arch = tmp_path / "arch.json"
+    arch.write_text(calibrated_student.arch.to_json())
+    assert main(["export", "--arch", str(arch), "--format", "executorch", "--precision", "fp16",
+                 "--out", str(tmp_path / "h"), "--json"]) == 0
+    capsys.readouterr()
+    # the CLI's student has fresh BN statistics; the parity is checked on the calibrated one
+    before = {name: value.clone() for name, value in calibrated_student.state_dict().items()}
+    info = export_student(calibrated_student, "executorch", tmp_path / "h2", precision="fp16")
+    assert json.loads((tmp_path / "h2" / "export.json").read_text()) == info
+    assert info["precision"] == "fp16" and info["inputs"]["image_crop"]["dtype"] == "float16"
+    report = info["precision_parity"]
+    # float16 rounds (it is not float32 under another name) but keeps the masks
+    assert report["images"] == 4 and 0 < report["max_abs_logit_diff"] < 0.1 and report["mask_iou_mean"] > 0.95
+    assert (tmp_path / "h2" / "model.pte").stat().st_size == info["program_bytes"]
+    # the student it exported from is float32 again, value for value
+    after = calibrated_student.state_dict()
+    assert all(after[name].dtype == value.dtype and torch.equal(after[name], value) for name, value in before.items())
+
+
 def test_int8_export_errors(tmp_path, tiny_student, capsys):
     arch = tmp_path / "arch.json"
     arch.write_text(tiny_student.arch.to_json())
     for args, message in ((["--format", "onnx", "--precision", "int8", "--calibration-data",
                             f"grabcut:{tmp_path / 'none'}"], "calibration data"),
                           (["--format", "coreml", "--precision", "int8"], "int8 export is for executorch and onnx"),
+                          (["--format", "onnx", "--precision", "fp16"], "fp16 export is for executorch;"),
                           (["--format", "onnx", "--calibration-data", "grabcut:x"], "add --precision int8")):
         assert main(["export", "--arch", str(arch), "--out", str(tmp_path / "q"), *args]) == 2
         err = capsys.readouterr().err

@@ -68,7 +68,7 @@ def test_int8_is_refused_where_a_runtime_has_no_int8_path():
     with pytest.raises(InvalidValueError, match="int8 is for onnxruntime and executorch-xnnpack"):
         get_backend("torch", 1, "int8")
     with pytest.raises(InvalidValueError, match="unknown precision"):
-        get_backend("onnxruntime", 1, "fp16")
+        get_backend("onnxruntime", 1, "bf16")
 
 
 def test_an_int8_table_records_its_float_ops_and_prices_int8_programs_only(tmp_path, capsys, tiny_table_path):

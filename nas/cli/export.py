@@ -41,10 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--clicks", type=positive_int, default=4, help="click rows of the program (default 4)")
     export.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="int8: post-training W8A8 quantization (executorch: PT2E + XNNPACK quantizer; onnx: "
-                             "ONNX Runtime static QDQ), with its parity against float in export.json (default fp32)")
+                             "ONNX Runtime static QDQ); fp16: the executorch program in float16. Either is written "
+                             "with its parity against float32 in export.json (default fp32)")
     export.add_argument("--calibration-data", metavar="SPEC",
-                        help="images that calibrate int8 activations: a dataset spec (grabcut:PATH, folder:PATH, "
-                             "...; default the bundled photos); labelled data get RITM's first click as the tap")
+                        help="images that calibrate int8 activations and check an int8 or fp16 program against "
+                             "float32: a dataset spec (grabcut:PATH, folder:PATH, ...; default the bundled photos); "
+                             "labelled data get RITM's first click as the tap")
     export.set_defaults(func=_export)
 
     bench = subparsers.add_parser(
@@ -58,7 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--threads", type=positive_int, default=1, help="default %(default)s")
     bench.add_argument("--precision", choices=PRECISIONS, default="fp32",
                        help="int8: time the program quantized W8A8 as the backend's runtime quantizes it, calibrated "
-                            "on its example inputs, against a table of int8 programs (default fp32)")
+                            "on its example inputs; fp16 (executorch-xnnpack): its float16 copy; compared with a "
+                            "table of that precision (default fp32)")
     bench.add_argument("--target", help="latency table to compare with (default: the matching host table)")
     bench.set_defaults(func=_bench)
 
@@ -74,17 +77,17 @@ def _model_and_setting(args: argparse.Namespace, precision: str = "fp32"):
 def _export(args: argparse.Namespace) -> int:
     from nas.deploy.export import export_student
 
-    model, setting = _model_and_setting(args)  # a float setting: export quantizes the program it writes
-    if args.calibration_data and args.precision != "int8":
-        raise InvalidValueError("--calibration-data calibrates an int8 export; add --precision int8")
+    model, setting = _model_and_setting(args)  # a float setting: export converts the program it writes
+    if args.calibration_data and args.precision == "fp32":
+        raise InvalidValueError("--calibration-data is for an int8 or fp16 export; add --precision int8 or fp16")
     info = export_student(model, args.format, args.out, setting, args.clicks, args.precision, args.calibration_data)
     if args.json:
         print(json.dumps(info))
-    elif info["precision"] == "int8":
-        report = info["int8_parity"]
-        print(f"{args.out}/{info['file']} ({info['runtime']}, int8): {info['program_bytes'] / 2**20:.2f} MiB "
-              f"(float weights {info['weights_bytes_float'] / 2**20:.2f} MiB); vs float on "
-              f"{report['images']} calibration images: mask IoU {report['mask_iou_mean']:.3f} (min "
+    elif info["precision"] != "fp32":
+        report = info["precision_parity"]
+        print(f"{args.out}/{info['file']} ({info['runtime']}, {info['precision']}): "
+              f"{info['program_bytes'] / 2**20:.2f} MiB (float32 weights {info['weights_bytes_float'] / 2**20:.2f} "
+              f"MiB); vs float32 on {report['images']} images: mask IoU {report['mask_iou_mean']:.3f} (min "
               f"{report['mask_iou_min']:.3f}), max |Δ logit| {report['max_abs_logit_diff']:.3f}")
     else:
         parity = (f"max |Δ| vs PyTorch {info['parity_max_abs_diff']:.2e}" if info["parity_max_abs_diff"] is not None

@@ -88,8 +88,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="interleaved timing passes over all subnets; each keeps its fastest (default 3)")
     validate.add_argument("--space", help="space to sample (default: the table's)")
     validate.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                          help="int8: measure the programs quantized as the backend's runtime quantizes them; the "
-                               "table must price int8 programs (default fp32)")
+                          help="int8: measure the programs quantized as the backend's runtime quantizes them; fp16 "
+                               "(executorch-xnnpack): their float16 copies; the table must price that precision "
+                               "(default fp32)")
     validate.add_argument("--json", action="store_true", help="print one JSON object with per-arch cases")
     validate.add_argument("--measurements-out", metavar="CSV",
                           help="also write the end-to-end measurements (arch, latency_ms) for 'nas latency calibrate'")
@@ -106,7 +107,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                "--runtime executorch-xnnpack --threads 1 --out xnnpack-int8.json")
     measure.add_argument("--backend", required=True, choices=BACKENDS)
     measure.add_argument("--threads", type=positive_int, default=1)
-    measure.add_argument("--precision", choices=PRECISIONS, default="fp32", help="default fp32")
+    measure.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                         help="int8 (onnxruntime, executorch-xnnpack) or fp16 (executorch-xnnpack) programs, as "
+                              "validate builds them (default fp32)")
     measure.add_argument("--n", type=positive_int, default=20, help="random subnets (default 20)")
     measure.add_argument("--seed", type=int, default=0)
     measure.add_argument("--rounds", type=positive_int, default=3,

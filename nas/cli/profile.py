@@ -42,8 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="int8: time each unit quantized W8A8 as the runtime quantizes it (executorch-xnnpack: "
                              "PT2E + XNNPACK's quantizer; onnxruntime: static QDQ), calibrated on its example "
-                             "inputs; the table's dtype says so and it prices int8 programs only, and it lists the "
-                             "ops each unit keeps float (default fp32)")
+                             "inputs, and the table lists the ops each unit keeps float; fp16 (executorch-xnnpack "
+                             "only): each unit's float16 copy. The table's dtype says so and it prices programs of "
+                             "that precision only (default fp32)")
     parser.add_argument("--out", help="table .json to write or resume (a directory for several devices)")
     add_space_arg(parser)
     parser.add_argument("--limit", type=positive_int,

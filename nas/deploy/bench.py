@@ -2,8 +2,8 @@
 the prediction of the latency table for the matching host target.
 
 The timed program is the student's static one-tap program (`TracedTap`) at the reference setting,
-exported to the backend (as `nas latency validate` and the profiler do), quantized when the
-setting's precision is int8. Peak memory is the
+exported to the backend (as `nas latency validate` and the profiler do) at the setting's
+precision (int8: quantized; fp16: a float16 copy). Peak memory is the
 inference working set: how far the process's peak resident set rises above its size once the
 program is loaded, while it runs (Linux: the peak is reset through /proc/self/clear_refs first;
 elsewhere it is not measured). The weights' size is reported beside it.

@@ -20,11 +20,13 @@ from pathlib import Path
 
 import torch
 
-from nas.deploy.quantize import CalibrationItem, calibration_items, int8_parity
+from nas.deploy.quantize import CalibrationItem, calibration_items, precision_parity
 from nas.latency.profiling.backends import (
     export_coreml,
     export_executorch,
     export_onnx,
+    half_inputs,
+    half_precision,
     lower_to_xnnpack,
     onnx_feeds,
     package_version,
@@ -37,7 +39,9 @@ from search_spaces.students.student import MASK_STRIDE, TraceNetStudent
 from search_spaces.students.traced_tap import TracedTap
 
 FORMATS = {"onnx": "model.onnx", "executorch": "model.pte", "coreml": "model.mlpackage", "torchscript": "model.pt"}
-INT8_FORMATS = ("executorch", "onnx")
+# formats a reduced-precision program is written in (fp16: XNNPACK's float16 kernels; ONNX Runtime's CPU
+# provider has none on x86)
+PRECISION_FORMATS = {"int8": ("executorch", "onnx"), "fp16": ("executorch",)}
 
 
 def _max_diff(reference: tuple[torch.Tensor, ...], outputs: list) -> float:
@@ -50,15 +54,18 @@ def export_student(model: TraceNetStudent, fmt: str, out_dir: str | Path, settin
     """Write `out_dir/FORMATS[fmt]` and `out_dir/export.json`; returns the latter's content.
 
     `precision="int8"`: post-training W8A8 quantization (`nas/latency/profiling/quantized.py`) for the executorch and
-    onnx formats, calibrated on `calibration_data` (a dataset spec; None: the bundled photos)."""
+    onnx formats, calibrated on `calibration_data` (a dataset spec; None: the bundled photos). `"fp16"`: the
+    executorch program in float16 (its inputs too). Either is checked against the float program on those
+    images (`precision_parity`)."""
     if fmt not in FORMATS:
         raise InvalidValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
     if clicks < 1:
         raise InvalidValueError(f"an exported program takes at least one click (the tap), got {clicks}")
     if precision not in PRECISIONS:
         raise InvalidValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    if precision == "int8" and fmt not in INT8_FORMATS:
-        raise InvalidValueError(f"int8 export is for {' and '.join(INT8_FORMATS)}; {fmt} exports float32")
+    if precision != "fp32" and fmt not in PRECISION_FORMATS[precision]:
+        raise InvalidValueError(f"{precision} export is for {' and '.join(PRECISION_FORMATS[precision])}; "
+                                f"{fmt} exports float32")
     arch = model.arch
     image_hw, tap_xy = setting.input_hw(arch), setting.tap_xy(arch)
     program = TracedTap(model.eval(), image_hw, tap_xy, setting.window_px(arch)).eval()
@@ -69,9 +76,10 @@ def export_student(model: TraceNetStudent, fmt: str, out_dir: str | Path, settin
         reference = program(*inputs)
     out = Path(out_dir)
     path = out / FORMATS[fmt]
-    if precision == "int8":
+    if precision != "fp32":
         items = calibration_items(program, image_hw, tap_xy, clicks, calibration_data)
-        return _export_int8(program, fmt, out, path, items, calibration_data, _describe(
+        export = _export_int8 if precision == "int8" else _export_fp16
+        return export(program, fmt, out, path, items, calibration_data, _describe(
             program, fmt, path, setting, image_hw, tap_xy, image_crop, click_rows, reference))
     parity, runtime = None, None
     if fmt == "onnx":
@@ -166,11 +174,38 @@ def _export_int8(program: TracedTap, fmt: str, out: Path, path: Path, items: lis
     atomic_write(path, lambda f: f.write(data))
     info = info | {
         "precision": "int8", "runtime": runtime, "parity_max_abs_diff": runtime_diff,
-        "parity": "int8 program against the float program on the calibration images (int8_parity)",
+        "parity": "int8 program against the float program on the calibration images (precision_parity)",
         "quantization": {"scheme": scheme, "calibration_data": calibration_data or "bundled photos",
                          "calibration_images": len(items),
                          "float_ops": kept},
-        "int8_parity": int8_parity(reference, [tuple(o) for o in outputs]),
+        "precision_parity": precision_parity(reference, [tuple(o) for o in outputs]),
+        "weights_bytes_float": 4 * sum(p.numel() for p in program.parameters()),
+        "program_bytes": len(data)}
+    atomic_write(out / "export.json", lambda f: f.write(json.dumps(info, indent=1).encode()))
+    return info
+
+
+def _export_fp16(program: TracedTap, fmt: str, out: Path, path: Path, items: list[CalibrationItem],
+                 parity_data: str | None, info: dict) -> dict:
+    """The float16 ExecuTorch program (float16 inputs and outputs), written with its parity against the
+    float32 program on the parity images."""
+    from executorch.runtime import Runtime
+
+    feeds = [(i.image_crop, i.clicks) for i in items]
+    with torch.no_grad():
+        reference = [program(*f) for f in feeds]
+    with half_precision(program):
+        data = lower_to_xnnpack(program, half_inputs(feeds[0])).to_executorch().buffer
+    method = Runtime.get().load_program(data).load_method("forward")
+    outputs = [tuple(o.float() for o in method.execute(list(half_inputs(f)))) for f in feeds]
+    atomic_write(path, lambda f: f.write(data))
+    info = info | {
+        "precision": "fp16", "runtime": f"executorch {package_version('executorch')} (XNNPACK)",
+        "parity_max_abs_diff": None,
+        "parity": "float16 program against the float32 program on the parity images (precision_parity)",
+        "inputs": {name: spec | {"dtype": "float16"} for name, spec in info["inputs"].items()},
+        "parity_data": {"data": parity_data or "bundled photos", "images": len(items)},
+        "precision_parity": precision_parity(reference, outputs),
         "weights_bytes_float": 4 * sum(p.numel() for p in program.parameters()),
         "program_bytes": len(data)}
     atomic_write(out / "export.json", lambda f: f.write(json.dumps(info, indent=1).encode()))

@@ -4,9 +4,9 @@ quantizers are the runtimes' own (`nas/latency/profiling/quantized.py`), calibra
 Calibration data: the bundled photos by default, or a dataset spec (`grabcut:PATH`, `folder:PATH`,
 ...). Each is resized as `Segmenter` resizes (long side = the resolution, zero-padded) to the
 program's input, cropped to its traced region, and gets one tap: RITM's first click on its mask
-where the data are labelled (the evaluation's first click), else the setting's tap. `int8_parity`
-compares the int8 program with the float one on the same images and taps: the IoU of their masks
-and the largest logit differences.
+where the data are labelled (the evaluation's first click), else the setting's tap. The same inputs check
+a float16 export. `precision_parity` compares an int8 or float16 program with the float one on the
+same images and taps: the IoU of their masks and the largest logit differences.
 """
 
 from __future__ import annotations
@@ -75,11 +75,12 @@ def _images(data: str | None, limit: int) -> tuple[list[np.ndarray], list[np.nda
     return [s.image for s in samples], [s.mask if s.mask is not None and s.mask.any() else None for s in samples]
 
 
-def int8_parity(float_outputs: list[tuple[torch.Tensor, torch.Tensor]],
-           int8_outputs: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
-    """Float vs int8 on the same inputs: mask IoU (logits > 0), max logit and IoU-logit differences."""
+def precision_parity(float_outputs: list[tuple[torch.Tensor, torch.Tensor]],
+                     reduced_outputs: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+    """Float32 vs int8 or float16 on the same inputs: mask IoU (logits > 0), max logit and IoU-logit
+    differences."""
     ious, logit_diff, iou_diff = [], 0.0, 0.0
-    for (f_logits, f_iou), (q_logits, q_iou) in zip(float_outputs, int8_outputs, strict=True):
+    for (f_logits, f_iou), (q_logits, q_iou) in zip(float_outputs, reduced_outputs, strict=True):
         q_logits = torch.as_tensor(q_logits).reshape(f_logits.shape)
         a, b = f_logits > 0, q_logits > 0
         union = (a | b).sum().item()

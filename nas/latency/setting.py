@@ -5,7 +5,7 @@ Default: a landscape 4:3 photo resized so its long side is the architecture's re
 input W = resolution, H = 3/4 of it rounded to a multiple of 32), one tap at the image centre, and
 the whole output (the `Segmenter` default; `window` prices TraceNet's fixed window instead).
 `image_size` fixes the network input size instead (e.g. 1024x768) for every architecture.
-`precision` is the numeric format of the program (float32 unless an int8 table prices it): a
+`precision` is the numeric format of the program (float32 unless an fp16 or int8 table prices it): a
 latency table prices programs of one precision only.
 """
 
@@ -30,7 +30,7 @@ def parse_image_size(text: str) -> tuple[int, int]:
     return w, h
 
 
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class LatencySetting:
     image_size: tuple[int, int] | None = None  # network input (width, height); None: from the resolution
     tap: tuple[float, float] = (0.5, 0.5)  # tap position as fractions of (width, height)
     window: float | None = DEFAULT_WINDOW  # output window side / resolution; None: the whole output
-    precision: str = "fp32"  # of the program: weights and activations float32, or int8 (W8A8)
+    precision: str = "fp32"  # of the program: weights and activations float32, float16, or int8 (W8A8)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

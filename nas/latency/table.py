@@ -28,7 +28,8 @@ VERSION = 1
 PROVENANCES = ("measured", "imported", "calibrated")
 DEVICE_FIELDS = ("name", "hardware", "os", "runtime", "runtime_version", "threads", "dtype", "date", "tool_version")
 STAT_FIELDS = ("count", "mean", "median", "p90", "std")
-DTYPE_PRECISION = {"float32": "fp32", "int8": "int8"}  # device metadata's dtype -> the setting's precision
+# device metadata's dtype -> the setting's precision
+DTYPE_PRECISION = {"float32": "fp32", "float16": "fp16", "int8": "int8"}
 PRECISION_DTYPE = {precision: dtype for dtype, precision in DTYPE_PRECISION.items()}
 
 

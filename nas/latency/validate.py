@@ -35,7 +35,7 @@ def repeatability(round_ms: list[list[float]]) -> dict:
 
 def measure_programs(archs: list[ArchConfig], backend: str, threads: int, setting: LatencySetting = REFERENCE_SETTING,
                      rounds: int = 3, progress: bool = True, desc: str = "measure") -> list[list[float]]:
-    """Each architecture's one-tap program at `setting` (quantized when its precision is int8) on the
+    """Each architecture's one-tap program at `setting` (int8: quantized; fp16: a float16 copy) on the
     backend, timed in `rounds` interleaved passes: the median of each pass, per architecture.
 
     Interleaving: on a shared VM a slow phase lasts seconds to minutes and would otherwise double the

@@ -1,7 +1,8 @@
 """Runtimes a module can be timed on: torch eager, ONNX Runtime (CPU) and ExecuTorch with XNNPACK.
 
 `get_backend(name, threads, precision).prepare(module, inputs)` exports the module to the runtime
-(with `precision="int8"`, quantized as that runtime quantizes: `quantized.py`) and returns a
+(with `precision="int8"`, quantized as that runtime quantizes: `quantized.py`; with `"fp16"`, a
+float16 copy of it) and returns a
 zero-argument callable that runs one inference; `nas profile`, `nas latency validate` and
 `nas bench` all time these callables, so per-op tables and end-to-end checks share one path.
 ExecuTorch's callables return outputs that alias the program's memory: valid while the callable lives.
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
@@ -24,7 +26,9 @@ from search_spaces.common.errors import InvalidValueError, TraceNASError
 from search_spaces.common.resources import torch_threads
 
 BACKENDS = ("torch", "onnxruntime", "executorch-xnnpack")
-INT8_BACKENDS = ("onnxruntime", "executorch-xnnpack")
+# the runtimes that run each reduced precision here. ONNX Runtime's CPU provider has no float16 conv
+# kernels on x86: it would cast a float16 model back to float32 around each op
+PRECISION_BACKENDS = {"int8": ("onnxruntime", "executorch-xnnpack"), "fp16": ("executorch-xnnpack",)}
 
 
 @dataclass(frozen=True)
@@ -147,9 +151,27 @@ def lower_to_xnnpack(module: nn.Module, inputs: tuple[torch.Tensor, ...], dynami
     return to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
 
 
+@contextmanager
+def half_precision(module: nn.Module) -> Iterator[nn.Module]:
+    """`module` in float16 for the duration (to export the program a float16 runtime runs), then back to its
+    exact float32 values. Converted in place, not copied: a student's traced windows hold its layers in
+    closures, which a deep copy would share with the original."""
+    saved = {name: value.clone() for name, value in module.state_dict().items()}
+    module.half()
+    try:
+        yield module
+    finally:
+        module.float()
+        module.load_state_dict(saved)
+
+
+def half_inputs(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return tuple(t.half() if t.is_floating_point() else t for t in inputs)
+
+
 def _lower_to_xnnpack(module: nn.Module, inputs: tuple[torch.Tensor, ...], hw_range: tuple[int, int] | None,
                       int8: bool = False):
-    """The lowered program, and (int8) the ops its quantizer left float."""
+    """The lowered program (int8: of the PT2E-quantized module), and (int8) the ops its quantizer left float."""
     dynamic = None
     if hw_range is not None:
         h, w = torch.export.Dim("h", min=hw_range[0], max=hw_range[1]), torch.export.Dim("w", min=hw_range[0],
@@ -185,8 +207,9 @@ def _layout_of(lowered) -> str:
 
 
 def lower_executorch(module: nn.Module, inputs: tuple[torch.Tensor, ...], hw_range: tuple[int, int] | None = None,
-                     try_nhwc: bool = True, int8: bool = False) -> tuple[bytes, str, list[str]]:
-    """`export_executorch` (with `int8`, of the PT2E-quantized module), the layout its 4-D inputs take
+                     try_nhwc: bool = True, precision: str = "fp32") -> tuple[bytes, str, list[str]]:
+    """`export_executorch` at `precision` (int8: of the PT2E-quantized module; fp16: of the module in
+    float16, which takes float16 inputs), the layout its 4-D inputs take
     (NHWC, NCHW_PORTABLE or NCHW_1X1) and the ops quantization left float.
 
     Inside a network XNNPACK keeps activations NHWC from op to op, so a table unit it runs entirely
@@ -195,6 +218,10 @@ def lower_executorch(module: nn.Module, inputs: tuple[torch.Tensor, ...], hw_ran
     (and programs) with portable kernels, which compute NCHW, keep NCHW, as do 1x1 maps (ExecuTorch
     rejects their ambiguous layout at run time). `try_nhwc=False` skips the NHWC attempt (a lowering
     costs seconds) for a module already known to need portable kernels."""
+    if precision == "fp16":
+        with half_precision(module.eval()):  # serialized before the module is float32 again
+            return lower_executorch(module, half_inputs(inputs), hw_range, try_nhwc)
+    int8 = precision == "int8"
     if try_nhwc:
         lowered, kept = _lower_to_xnnpack(module, channels_last(inputs), hw_range, int8)
         layout = _layout_of(lowered)
@@ -221,7 +248,8 @@ class ExecutorchXnnpackBackend:
 
     def __init__(self, threads: int, precision: str = "fp32"):
         """`precision="int8"`: modules are quantized through PT2E with XNNPACK's quantizer, calibrated
-        on their inputs. `lowerings` maps each module's repr to what it was lowered to."""
+        on their inputs; `"fp16"`: float16 copies of them run on float16 inputs. `lowerings` maps each
+        module's repr to what it was lowered to."""
         try:
             from executorch.extension.pybindings import portable_lib
         except ImportError:
@@ -247,17 +275,18 @@ class ExecutorchXnnpackBackend:
         with the layout of `lower_executorch`."""
         sides = [s for inputs in input_sets for t in inputs if t.ndim == 4 for s in t.shape[-2:]]
         hw_range = (min(sides), max(sides)) if len(input_sets) > 1 else None
-        int8 = self.precision == "int8"
         buffer, layout, kept = lower_executorch(module, input_sets[0], hw_range,
-                                                try_nhwc=repr(module) not in self._portable_modules, int8=int8)
+                                                try_nhwc=repr(module) not in self._portable_modules,
+                                                precision=self.precision)
         # the pybinding's method, not `executorch.runtime.Method`: its `execute()` runs without copying
         # inputs in and outputs out, so only the program is timed, as ETDump and on-device runners do
         program = self.portable_lib._load_program_from_buffer(buffer)
         method = program.load_method("forward")
-        if int8 and layout == NHWC and not self._computes(method, module, input_sets[0]):
+        if self.precision != "fp32" and layout == NHWC and not self._computes(method, module, input_sets[0]):
             # a lone quantized add or concat lowered NHWC is rejected at run time or returns its output
             # in the wrong memory order
-            buffer, layout, kept = lower_executorch(module, input_sets[0], hw_range, try_nhwc=False, int8=True)
+            buffer, layout, kept = lower_executorch(module, input_sets[0], hw_range, try_nhwc=False,
+                                                    precision=self.precision)
             program = self.portable_lib._load_program_from_buffer(buffer)
             method = program.load_method("forward")
         self.lowerings[repr(module)] = Lowering(len(buffer), kept)
@@ -265,6 +294,8 @@ class ExecutorchXnnpackBackend:
             self._portable_modules.add(repr(module))
         if layout == NHWC:
             input_sets = [channels_last(inputs) for inputs in input_sets]
+        if self.precision == "fp16":
+            input_sets = [half_inputs(inputs) for inputs in input_sets]
         current = None  # the inputs set on `method`, which all runners share
 
         def runner(args: list[torch.Tensor]) -> Callable[[], object]:
@@ -281,12 +312,12 @@ class ExecutorchXnnpackBackend:
 
         return [runner(list(inputs)) for inputs in input_sets]
 
-    @staticmethod
-    def _computes(method, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> bool:
-        """Whether `method`, fed `inputs` NHWC, runs and answers the float module within a tenth of its
-        output range (int8 rounding is far below that; a wrong memory order is not)."""
+    def _computes(self, method, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> bool:
+        """Whether `method`, fed `inputs` NHWC (float16 at fp16), runs and answers the float module within a
+        tenth of its output range (int8 or float16 rounding is far below that; a wrong memory order is not)."""
+        fed = channels_last(inputs)
         try:
-            method.set_inputs(list(channels_last(inputs)))
+            method.set_inputs(list(half_inputs(fed) if self.precision == "fp16" else fed))
             method.execute()
         except RuntimeError:
             return False
@@ -313,6 +344,7 @@ def get_backend(name: str, threads: int, precision: str = "fp32") -> Backend:
         raise InvalidValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     if precision == "fp32":
         return classes[name](threads)
-    if name not in INT8_BACKENDS:
-        raise InvalidValueError(f"{name} runs float32 programs; int8 is for {' and '.join(INT8_BACKENDS)}")
+    if name not in PRECISION_BACKENDS[precision]:
+        raise InvalidValueError(f"{name} does not run {precision} programs here; {precision} is for "
+                                f"{' and '.join(PRECISION_BACKENDS[precision])}")
     return classes[name](threads, precision=precision)

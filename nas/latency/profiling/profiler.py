@@ -163,7 +163,8 @@ def profile(keys: Iterable[OpKey], out: str | Path, device: str, backend: str, t
 
     `precision="int8"`: each unit is quantized as the backend's runtime quantizes (PT2E + XNNPACK's
     quantizer, or ONNX Runtime's static QDQ), calibrated on its example inputs, and the ops the
-    quantizer leaves float are recorded per configuration in `table.float_units`.
+    quantizer leaves float are recorded per configuration in `table.float_units`. `"fp16"`: each unit's
+    float16 copy (ExecuTorch-XNNPACK).
 
     `recheck_above_ms`: then time the keys whose median exceeds it once more and keep the faster
     median. A slow phase of a shared VM (or a throttled phone) lasts seconds to minutes and inflates
