@@ -118,6 +118,24 @@ def test_student_tracing_is_exact_at_corners_borders_and_inside(seed, calibrate)
             assert _compare(model, h, w, tap, window_px) <= 1e-4, (tap, window_px)
 
 
+def test_a_copy_of_a_traced_student_traces_its_own_layers():
+    """A deep copy (timm's EMA, Segmenter's fused copy) made after a traced forward: its traced forward
+    runs its own weights and equals its own full forward."""
+    import copy
+
+    model = TraceNetStudent(ArchConfig.sample(0, TINY)).eval()
+    image, clicks, window = torch.randn(1, 3, 64, 64), torch.tensor([[[32.0, 32.0, 1.0]]]), Box(2, 6, 2, 6)
+    with torch.no_grad():
+        original = model(image, clicks, window).logits  # caches the tracer
+        twin = copy.deepcopy(model)
+        for p in twin.parameters():
+            p.mul_(0.5)
+        traced = twin(image, clicks, window).logits
+        assert torch.allclose(traced, twin(image, clicks).logits[..., 2:6, 2:6], atol=1e-5)
+        assert not torch.allclose(traced, original)
+        assert torch.equal(model(image, clicks, window).logits, original)
+
+
 def test_check_tracing_report(calibrate):
     report = check_tracing(n=4, seed=1, space=TINY)
     assert report["ok"] and report["max_abs_diff"] <= 1e-4

@@ -79,6 +79,14 @@ class TraceNetStudent(nn.Module):
     def tracer(self) -> ReceptiveFieldTracer:
         return ReceptiveFieldTracer(self.trunk)
 
+    def __getstate__(self) -> dict:
+        # a copy (copy.deepcopy, timm's EMA, pickling) traces its own trunk: the cached tracer's graph
+        # and its windows' closures belong to this one's, and a copy of them runs this trunk's layers
+        # or fails on a traced forward
+        state = self.__dict__.copy()
+        state.pop("tracer", None)
+        return state
+
     def plan(self, image_hw: tuple[int, int], tap_xy: tuple[float, float], window: Box) -> TracePlan:
         """Receptive-field plan for one tap: the window of mask features plus the P5 cell under the tap. A
         window of the whole grid is the full forward (a dense plan: every map computed whole)."""
