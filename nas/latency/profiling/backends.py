@@ -1,8 +1,8 @@
 """Runtimes a module can be timed on: torch eager, ONNX Runtime (CPU) and ExecuTorch with XNNPACK.
 
 `get_backend(name, threads, precision).prepare(module, inputs)` exports the module to the runtime
-(with `precision="int8"`, quantized as that runtime quantizes: `quantized.py`; with `"fp16"`, a
-float16 copy of it) and returns a
+(with `precision="int8"`, quantized as that runtime quantizes: `quantized.py`; with `"fp16"`, in
+float16 for the lowering) and returns a
 zero-argument callable that runs one inference; `nas profile`, `nas latency validate` and
 `nas bench` all time these callables, so per-op tables and end-to-end checks share one path.
 ExecuTorch's callables return outputs that alias the program's memory: valid while the callable lives.
@@ -154,8 +154,8 @@ def lower_to_xnnpack(module: nn.Module, inputs: tuple[torch.Tensor, ...], dynami
 @contextmanager
 def half_precision(module: nn.Module) -> Iterator[nn.Module]:
     """`module` in float16 for the duration (to export the program a float16 runtime runs), then back to its
-    exact float32 values. Converted in place, not copied: a student's traced windows hold its layers in
-    closures, which a deep copy would share with the original."""
+    exact float32 values. Converted in place, not copied: a `TracedTap`'s plan is keyed by its student's
+    traced graph, which a copy of the student traces anew."""
     saved = {name: value.clone() for name, value in module.state_dict().items()}
     module.half()
     try:
