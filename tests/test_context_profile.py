@@ -11,11 +11,13 @@ from nas.latency.profiling.backends import OnnxRuntimeBackend, export_onnx
 from nas.latency.profiling.in_context import (
     ContextProfileError,
     context_archs,
+    float_unit_ops,
     node_units,
     profile_in_context,
     unit_times,
 )
-from nas.latency.profiling.profiler import covering_archs
+from nas.latency.profiling.profiler import covering_archs, op_module
+from nas.latency.profiling.quantized import qdq_float_graph_nodes
 from nas.latency.setting import REFERENCE_SETTING, LatencySetting
 from nas.latency.table import LatencyTable
 from search_spaces.space import get_space
@@ -102,9 +104,9 @@ def test_profiled_nodes_and_layout_conversions_are_summed_per_unit(traced, tmp_p
 
 def test_profile_in_context_prices_every_unit(traced):
     _, keys, program, _ = traced
-    per_unit, wall = profile_in_context(program, program.example_inputs(), keys, OnnxRuntimeBackend(1), runs=3)
-    assert len(per_unit) == len(keys) and wall > 0
-    assert all(ms > 0 for key, ms in zip(keys, per_unit, strict=True) if key.kind in ("conv", "se", "clicks"))
+    profiled = profile_in_context(program, program.example_inputs(), keys, OnnxRuntimeBackend(1), runs=3)
+    assert len(profiled.unit_ms) == len(keys) and profiled.wall_ms > 0 and profiled.float_units == {}
+    assert all(ms > 0 for key, ms in zip(keys, profiled.unit_ms, strict=True) if key.kind in ("conv", "se", "clicks"))
 
 
 def test_nas_profile_in_context_writes_a_table_and_resumes(tmp_path, capsys):
@@ -202,6 +204,22 @@ def test_an_int8_program_keeps_the_float_order_and_each_node_goes_to_its_unit(tr
             assert ops.count("ReduceMean") == 1 and ops.count("Conv") == 2, ops
 
 
+def test_the_ops_a_quantized_program_leaves_float_are_those_its_units_leave_float_alone(traced):
+    """Independent answer: each unit quantized on its own (`op_module`), as the isolated int8 table
+    records it. ONNX Runtime inserts some of the float nodes unnamed (a hardswish's HardSigmoid and Mul)."""
+    _, keys, program, _ = traced
+    runtime = OnnxRuntimeBackend(1, precision="int8")
+    in_program = float_unit_ops(runtime.program(program, program.example_inputs()), keys)
+    one_per_kind = {(key.kind, dict(key.attrs).get("act")): key for key in keys}.values()
+    assert {key.kind for key in one_per_kind} >= {"clicks", "conv", "se", "eltwise", "upsample", "tap_head"}
+    for key in one_per_kind:
+        module, inputs = op_module(key)
+        _, alone = qdq_float_graph_nodes(runtime.program(module, inputs))
+        assert sorted(in_program.get(key.config, [])) == sorted(node.op_type for node in alone), key
+    assert set(in_program) >= {"clicks[c=5]"} and any("hardswish" in c for c in in_program)
+    assert not any("act=relu" in config for config in in_program)  # int8 convs fuse their ReLU
+
+
 def test_nas_profile_in_context_at_int8_prices_a_quantized_program(tmp_path, capsys):
     out = tmp_path / "ctx-int8.json"
     assert main(["profile", "--in-context", "--precision", "int8", "--device", "host-ctx-int8", "--backend",
@@ -211,3 +229,9 @@ def test_nas_profile_in_context_at_int8_prices_a_quantized_program(tmp_path, cap
     keys = setting_op_keys(context_archs(TINY)[0], LatencySetting(precision="int8"))
     assert not table.missing(keys)
     assert all(table.latency(key)[0] > 0 for key in keys if key.kind in ("conv", "se", "clicks"))
+    # the ops left float, per configuration, as in an isolated int8 table; they also reach the resume log
+    hardswish_convs = [ops for config, ops in table.float_units.items() if config.startswith("conv[act=hardswish")]
+    assert table.float_units["clicks[c=5]"] and hardswish_convs
+    assert all(ops == ["HardSigmoid", "Mul"] for ops in hardswish_convs)
+    log = next(tmp_path.glob("*.programs.jsonl")).read_text().splitlines()
+    assert json.loads(log[1])["float_units"] == table.float_units

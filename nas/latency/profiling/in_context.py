@@ -37,6 +37,7 @@ from nas.latency.op_kinds import ContextProfileError, op_kind
 from nas.latency.predict import setting_op_keys
 from nas.latency.profiling.backends import OnnxRuntimeBackend, onnx_feeds
 from nas.latency.profiling.profiler import covering_archs, device_metadata, measure, open_table, summarize
+from nas.latency.profiling.quantized import qdq_float_graph_nodes
 from nas.latency.setting import REFERENCE_SETTING, LatencySetting
 from nas.latency.table import LatencyTable, LatencyTableError
 from search_spaces.common.files import exclusive
@@ -110,19 +111,35 @@ def _graph_index(profiled_name: str, by_name: dict[str, int],
     return None
 
 
+@dataclasses.dataclass(frozen=True)
+class _Attribution:
+    """The unit (index into the op keys) of each node of an exported program, and of the nodes ONNX
+    Runtime makes of them, found by the names and values it keeps through its rewrites."""
+    owner: list[int]
+    by_name: dict[str, int]
+    by_output: dict[str, int]
+
+    @classmethod
+    def of(cls, model: bytes, keys: Sequence[OpKey], precision: str) -> _Attribution:
+        graph = onnx.load_from_string(model).graph
+        return cls(node_units(graph, keys, precision), {node.name: i for i, node in enumerate(graph.node)},
+                   {out: i for i, node in enumerate(graph.node) for out in node.output})
+
+    def unit(self, runtime_name: str) -> int | None:
+        """The unit of the node ONNX Runtime names `runtime_name` (None for a node it inserted)."""
+        index = _graph_index(runtime_name, self.by_name, self.by_output)
+        return None if index is None else self.owner[index]
+
+
 def unit_times(model: bytes, keys: Sequence[OpKey], profile_path: str, runs: int, precision: str = "fp32"
                ) -> list[float]:
     """Median time (ms) per unit of `keys` over the last `runs` runs recorded in ONNX Runtime's profile."""
-    graph = onnx.load_from_string(model).graph
-    owner = node_units(graph, keys, precision)
-    by_name = {node.name: i for i, node in enumerate(graph.node)}
-    by_output = {out: i for i, node in enumerate(graph.node) for out in node.output}
+    attribution = _Attribution.of(model, keys, precision)
     with open(profile_path) as f:
         events = [e for e in json.load(f) if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
     per_run = len(events) // max(1, sum(e["name"] == events[0]["name"] for e in events))
     order = events[:per_run]
-    units: list[int | None] = [None if (g := _graph_index(e["name"], by_name, by_output)) is None
-                               else owner[g] for e in order]
+    units: list[int | None] = [attribution.unit(e["name"]) for e in order]
     for i, event in enumerate(order):  # layout conversions serve the node after (to NCHW) or before
         if units[i] is None and event["args"]["op_name"] == "ReorderOutput":
             units[i] = next((u for u in units[i + 1:] if u is not None), None)
@@ -136,10 +153,48 @@ def unit_times(model: bytes, keys: Sequence[OpKey], profile_path: str, runs: int
     return [statistics.median(run[u] for run in kept) for u in range(len(keys))]
 
 
+def float_unit_ops(model: bytes, keys: Sequence[OpKey]) -> dict[str, list[str]]:
+    """Op configuration of `keys` -> the op types ONNX Runtime runs in float inside the QDQ program
+    `model` (`quantized.qdq_float_graph_nodes`), for the configurations that have any. A node it
+    inserted unnamed (the HardSigmoid and Mul it splits a hardswish into) goes to the unit of the
+    nearest node upstream that came from the exported graph; one upstream of every unit, to the clicks."""
+    attribution = _Attribution.of(model, keys, "int8")
+    optimized, float_nodes = qdq_float_graph_nodes(model)
+    producer = {out: node for node in optimized.node for out in node.output}
+
+    def own_unit(node: onnx.NodeProto) -> int | None:
+        found = attribution.unit(node.name) if node.name else None
+        outputs = [attribution.by_output[out] for out in node.output if out in attribution.by_output]
+        return found if found is not None or not outputs else attribution.owner[outputs[0]]
+
+    per_unit: dict[int, list[str]] = defaultdict(list)
+    for node in float_nodes:
+        unit, frontier, seen = None, [node], set()
+        while unit is None and frontier:
+            current = frontier.pop(0)
+            unit = own_unit(current)
+            seen.add(id(current))
+            frontier += [producer[name] for name in current.input
+                         if name in producer and id(producer[name]) not in seen]
+        per_unit[unit or 0].append(node.op_type)
+    float_ops: dict[str, list[str]] = {}
+    for unit, ops in sorted(per_unit.items()):  # a configuration that recurs runs the same ops each time
+        float_ops.setdefault(keys[unit].config, ops)
+    return float_ops
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramProfile:
+    """One program profiled in context: each unit's time inside it (ms, per op key, in key order), its
+    wall time unprofiled (ms), and for a quantized program the ops left float per op configuration."""
+    unit_ms: list[float]
+    wall_ms: float
+    float_units: dict[str, list[str]]
+
+
 def profile_in_context(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], keys: Sequence[OpKey],
-                       runtime: OnnxRuntimeBackend, runs: int = 20, warmup: int = 5) -> tuple[list[float], float]:
-    """(time per unit of `keys` inside the program the runtime runs (quantized for an int8 runtime), the
-    program's wall time unprofiled), in ms."""
+                       runtime: OnnxRuntimeBackend, runs: int = 20, warmup: int = 5) -> ProgramProfile:
+    """The program the runtime runs for `module` (quantized for an int8 runtime), profiled per unit of `keys`."""
     model = runtime.program(module, inputs)
     with tempfile.TemporaryDirectory() as tmp:
         session = runtime.session(model, profile_prefix=os.path.join(tmp, "ort"))
@@ -149,7 +204,7 @@ def profile_in_context(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]
         per_unit = unit_times(model, keys, session.end_profiling(), runs, runtime.precision)
     plain = runtime.session(model)
     wall = measure(lambda: plain.run(None, feeds)).median
-    return per_unit, wall
+    return ProgramProfile(per_unit, wall, float_unit_ops(model, keys) if runtime.precision == "int8" else {})
 
 
 def context_archs(space: str) -> list[ArchConfig]:
@@ -200,7 +255,8 @@ def profile_context(out: str | Path, device: str, threads: int, space: str,
                     progress: bool = True) -> LatencyTable:
     """An ONNX Runtime table priced in context: every unit's nodes in the covering programs at
     `setting`, each program's units scaled to its unprofiled wall time (the profiler's own per-node
-    cost is not the program's).
+    cost is not the program's). At int8, the ops each configuration keeps float inside the quantized
+    programs go to `table.float_units`.
 
     A table at `out` (in context, same device) takes another space's units it lacks, priced in that
     space's programs, and keeps those it has. Programs go to `out` minus .json plus .SPACE.programs.jsonl
@@ -224,10 +280,11 @@ def profile_context(out: str | Path, device: str, threads: int, space: str,
         for arch, keys in tqdm(programs[len(done):], desc=f"profile {device} in context ({threads}t)", unit="program",
                                initial=min(len(done), len(programs)), total=len(programs), disable=not progress):
             program = setting.program(TraceNetStudent(arch))
-            per_unit, wall = profile_in_context(program, program.example_inputs(), keys, runtime)
-            scale = wall / sum(per_unit)
-            record = {"arch": arch.to_dict(), "wall_ms": wall, "units": {}}
-            for key, ms in zip(keys, per_unit, strict=True):
+            profiled = profile_in_context(program, program.example_inputs(), keys, runtime)
+            scale = profiled.wall_ms / sum(profiled.unit_ms)
+            record = {"arch": arch.to_dict(), "wall_ms": profiled.wall_ms, "units": {},
+                      **({"float_units": profiled.float_units} if profiled.float_units else {})}
+            for key, ms in zip(keys, profiled.unit_ms, strict=True):
                 record["units"].setdefault(str(key), []).append(ms * scale)
             with log.open("a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -236,6 +293,8 @@ def profile_context(out: str | Path, device: str, threads: int, space: str,
         for record in done[: len(programs)]:
             for key, times in record["units"].items():
                 observed[key] += times
+            for config, ops in record.get("float_units", {}).items():
+                table.float_units.setdefault(config, ops)
         added = [key for key in observed if key not in priced_before]
         count = min(len(done), len(programs))
         if not priced_before:

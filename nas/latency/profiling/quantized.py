@@ -66,10 +66,10 @@ def float_ops(graph: torch.fx.GraphModule) -> list[str]:
             and "quantization_annotation" not in node.meta]
 
 
-def qdq_float_nodes(model: bytes) -> list[str]:
-    """The computing nodes of a QDQ ONNX model that ONNX Runtime runs in float: those left after its
-    optimiser fused each DequantizeLinear -> op -> QuantizeLinear it has an int8 kernel for (QLinearConv,
-    QLinearAdd, ...)."""
+def qdq_float_graph_nodes(model: bytes) -> tuple[onnx.GraphProto, list[onnx.NodeProto]]:
+    """ONNX Runtime's optimised graph of a QDQ ONNX model, and its computing nodes that run in float: those
+    left after its optimiser fused each DequantizeLinear -> op -> QuantizeLinear it has an int8 kernel for
+    (QLinearConv, QLinearAdd, ...)."""
     import onnx
     import onnxruntime
 
@@ -79,8 +79,14 @@ def qdq_float_nodes(model: bytes) -> list[str]:
         options.log_severity_level = 3
         onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         graph = onnx.load(options.optimized_model_filepath).graph
-    return [node.name or node.op_type for node in graph.node
-            if node.op_type not in _ONNX_NON_COMPUTE and not node.op_type.startswith(("QLinear", "QGemm"))]
+    return graph, [node for node in graph.node
+                   if node.op_type not in _ONNX_NON_COMPUTE and not node.op_type.startswith(("QLinear", "QGemm"))]
+
+
+def qdq_float_nodes(model: bytes) -> list[str]:
+    """The names (op types where ONNX Runtime inserted them unnamed) of the nodes ONNX Runtime runs in
+    float in a QDQ ONNX model (`qdq_float_graph_nodes`)."""
+    return [node.name or node.op_type for node in qdq_float_graph_nodes(model)[1]]
 
 
 def _initializers_for_identities(model: onnx.ModelProto) -> onnx.ModelProto:
