@@ -16,6 +16,7 @@ import json
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -78,8 +79,7 @@ def export_student(model: TraceNetStudent, fmt: str, out_dir: str | Path, settin
     path = out / FORMATS[fmt]
     if precision != "fp32":
         items = calibration_items(program, image_hw, tap_xy, clicks, calibration_data)
-        export = _export_int8 if precision == "int8" else _export_fp16
-        return export(program, fmt, out, path, items, calibration_data, _describe(
+        return _export_reduced(program, precision, fmt, out, path, items, calibration_data, _describe(
             program, fmt, path, setting, image_hw, tap_xy, image_crop, click_rows, reference))
     parity, runtime = None, None
     if fmt == "onnx":
@@ -144,20 +144,50 @@ def _describe(program: TracedTap, fmt: str, path: Path, setting: LatencySetting,
     }
 
 
-def _export_int8(program: TracedTap, fmt: str, out: Path, path: Path, items: list[CalibrationItem],
-                 calibration_data: str | None, info: dict) -> dict:
-    """The W8A8 program, written with its parity against the float program on the calibration inputs."""
+@dataclass(frozen=True)
+class _Lowered:
+    """A reduced-precision program: its bytes, the runtime's outputs on each parity feed (mask logits, IoU
+    logit; tensors or arrays, float32), and what export.json says of it (runtime, how its parity reads,
+    the precision's own fields)."""
+    data: bytes
+    outputs: list[tuple]
+    runtime: str
+    runtime_diff: float | None
+    fields: dict
+
+
+def _export_reduced(program: TracedTap, precision: str, fmt: str, out: Path, path: Path,
+                    items: list[CalibrationItem], data_spec: str | None, info: dict) -> dict:
+    """The int8 or fp16 program, written with its parity against the float32 program on the images
+    `items` (the calibration images for int8)."""
     feeds = [(i.image_crop, i.clicks) for i in items]
     with torch.no_grad():
         reference = [program(*f) for f in feeds]
+    lowered = (_lower_int8(program, fmt, feeds, data_spec) if precision == "int8"
+               else _lower_fp16(program, feeds, data_spec, info))
+    atomic_write(path, lambda f: f.write(lowered.data))
+    info = info | {
+        "precision": precision, "runtime": lowered.runtime, "parity_max_abs_diff": lowered.runtime_diff,
+        **lowered.fields,
+        "precision_parity": precision_parity(reference, lowered.outputs),
+        "weights_bytes_float": 4 * sum(p.numel() for p in program.parameters()),
+        "program_bytes": len(lowered.data)}
+    atomic_write(out / "export.json", lambda f: f.write(json.dumps(info, indent=1).encode()))
+    return info
+
+
+def _lower_int8(program: TracedTap, fmt: str, feeds: list[tuple[torch.Tensor, ...]],
+                calibration_data: str | None) -> _Lowered:
+    """The W8A8 program, calibrated on `feeds`; for ExecuTorch, with the runtime's difference from the
+    quantized graph it lowered."""
     if fmt == "executorch":
         from executorch.runtime import Runtime
 
         graph = quantize_pt2e(program, feeds)
         data = lower_to_xnnpack(graph, feeds[0]).to_executorch().buffer
         method = Runtime.get().load_program(data).load_method("forward")
-        outputs = [method.execute(list(f)) for f in feeds]
-        with torch.no_grad():  # the runtime against the quantized graph it lowered
+        outputs = [tuple(method.execute(list(f))) for f in feeds]
+        with torch.no_grad():
             runtime_diff = max(_max_diff(graph(*f), o) for f, o in zip(feeds, outputs, strict=True))
         kept = float_ops(graph)
         scheme = "PT2E, XNNPACKQuantizer: int8 weights symmetric per channel, int8 activations per tensor"
@@ -167,46 +197,26 @@ def _export_int8(program: TracedTap, fmt: str, out: Path, path: Path, items: lis
 
         data = quantize_onnx(export_onnx(program, feeds[0]), feeds)
         session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
-        outputs = [session.run(None, onnx_feeds(session, f)) for f in feeds]
+        outputs = [tuple(session.run(None, onnx_feeds(session, f))) for f in feeds]
         runtime_diff, kept = None, qdq_float_nodes(data)
         scheme = "ONNX Runtime quantize_static, QDQ: int8 weights per channel, uint8 activations"
         runtime = f"onnxruntime {onnxruntime.__version__}"
-    atomic_write(path, lambda f: f.write(data))
-    info = info | {
-        "precision": "int8", "runtime": runtime, "parity_max_abs_diff": runtime_diff,
+    return _Lowered(data, outputs, runtime, runtime_diff, {
         "parity": "int8 program against the float program on the calibration images (precision_parity)",
         "quantization": {"scheme": scheme, "calibration_data": calibration_data or "bundled photos",
-                         "calibration_images": len(items),
-                         "float_ops": kept},
-        "precision_parity": precision_parity(reference, [tuple(o) for o in outputs]),
-        "weights_bytes_float": 4 * sum(p.numel() for p in program.parameters()),
-        "program_bytes": len(data)}
-    atomic_write(out / "export.json", lambda f: f.write(json.dumps(info, indent=1).encode()))
-    return info
+                         "calibration_images": len(feeds), "float_ops": kept}})
 
 
-def _export_fp16(program: TracedTap, fmt: str, out: Path, path: Path, items: list[CalibrationItem],
-                 parity_data: str | None, info: dict) -> dict:
-    """The float16 ExecuTorch program (float16 inputs and outputs), written with its parity against the
-    float32 program on the parity images."""
+def _lower_fp16(program: TracedTap, feeds: list[tuple[torch.Tensor, ...]], parity_data: str | None,
+                info: dict) -> _Lowered:
+    """The float16 ExecuTorch program: float16 inputs and outputs, run here on `feeds`."""
     from executorch.runtime import Runtime
 
-    feeds = [(i.image_crop, i.clicks) for i in items]
-    with torch.no_grad():
-        reference = [program(*f) for f in feeds]
     with half_precision(program):
         data = lower_to_xnnpack(program, half_inputs(feeds[0])).to_executorch().buffer
     method = Runtime.get().load_program(data).load_method("forward")
     outputs = [tuple(o.float() for o in method.execute(list(half_inputs(f)))) for f in feeds]
-    atomic_write(path, lambda f: f.write(data))
-    info = info | {
-        "precision": "fp16", "runtime": f"executorch {package_version('executorch')} (XNNPACK)",
-        "parity_max_abs_diff": None,
+    return _Lowered(data, outputs, f"executorch {package_version('executorch')} (XNNPACK)", None, {
         "parity": "float16 program against the float32 program on the parity images (precision_parity)",
         "inputs": {name: spec | {"dtype": "float16"} for name, spec in info["inputs"].items()},
-        "parity_data": {"data": parity_data or "bundled photos", "images": len(items)},
-        "precision_parity": precision_parity(reference, outputs),
-        "weights_bytes_float": 4 * sum(p.numel() for p in program.parameters()),
-        "program_bytes": len(data)}
-    atomic_write(out / "export.json", lambda f: f.write(json.dumps(info, indent=1).encode()))
-    return info
+        "parity_data": {"data": parity_data or "bundled photos", "images": len(feeds)}})
