@@ -1,9 +1,11 @@
 import dataclasses
 import json
+import statistics
 
 import onnx
 import pytest
 
+import nas.latency.profiling.profiler as profiler
 from nas.cli.main import main
 from nas.latency.op_keys import OpKey
 from nas.latency.predict import setting_op_keys
@@ -109,7 +111,7 @@ def test_profile_in_context_prices_every_unit(traced):
     assert all(ms > 0 for key, ms in zip(keys, profiled.unit_ms, strict=True) if key.kind in ("conv", "se", "clicks"))
 
 
-def test_nas_profile_in_context_writes_a_table_and_resumes(tmp_path, capsys):
+def test_nas_profile_in_context_writes_a_table_and_resumes(tmp_path, capsys, monkeypatch):
     out = tmp_path / "ctx.json"
     argv = ["profile", "--in-context", "--device", "host-ctx", "--backend", "onnxruntime", "--space", TINY,
             "--out", str(out)]
@@ -137,6 +139,14 @@ def test_nas_profile_in_context_writes_a_table_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     assert main([*argv[:-1], str(isolated)]) == 2  # in-context units do not join units timed alone
     assert "not in context" in capsys.readouterr().err
+    monkeypatch.setattr(profiler, "_cpuinfo", lambda: ["flags\t: avx2 fma"])
+    table.device["isa"] = ["avx2", "fma"]  # the table is of this host's CPU, its resume log is not
+    table.save(out)
+    header = json.loads(log[0]) | {"isa": ["avx2", "fma", "avx512_vnni"]}
+    log_path.write_text("\n".join([json.dumps(header), *log[1:]]) + "\n")
+    assert main([*argv, "--limit", "3"]) == 2
+    assert "programs.jsonl: was measured on another CPU (instruction sets only it has: avx512_vnni" in \
+        capsys.readouterr().err
 
 
 def test_another_space_adds_the_units_the_table_lacks_and_keeps_the_rest(tmp_path):
@@ -235,3 +245,32 @@ def test_nas_profile_in_context_at_int8_prices_a_quantized_program(tmp_path, cap
     assert all(ops == ["HardSigmoid", "Mul"] for ops in hardswish_convs)
     log = next(tmp_path.glob("*.programs.jsonl")).read_text().splitlines()
     assert json.loads(log[1])["float_units"] == table.float_units
+
+
+def test_each_program_is_priced_at_the_speed_its_probe_tells(tmp_path):
+    """Programs profiled while the machine ran at another speed (a probe program timed before each says
+    how fast): their units are priced as if the machine had run at the profile's median speed."""
+    out = tmp_path / "ctx.json"
+    argv = ["profile", "--in-context", "--device", "host-ctx", "--backend", "onnxruntime", "--space", TINY,
+            "--out", str(out), "--limit", "3"]
+    assert main(argv) == 0
+    log_path = tmp_path / f"ctx.{TINY}.programs.jsonl"
+    header, *records = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert len(records) == 3 and all(record["probe_ms"] > 0 for record in records)
+    for record, probe_ms in zip(records, [1.0, 2.0, 4.0], strict=True):  # the machine slowed to 1/2, then 1/4
+        record["probe_ms"] = probe_ms
+        record["units"] = {key: [3.0] * len(times) for key, times in record["units"].items()}
+    log_path.write_text("".join(json.dumps(line) + "\n" for line in [header, *records]))
+    out.unlink()
+    assert main(argv) == 0  # every program is in the log: the table is built from it alone
+    expected: dict[str, list[float]] = {}
+    for record in records:
+        for key, times in record["units"].items():
+            expected.setdefault(key, []).extend(3.0 * 2.0 / record["probe_ms"] for _ in times)  # median probe: 2 ms
+    table = LatencyTable.load(out)
+    assert set(table.entries) == set(expected)
+    for key, prices in expected.items():
+        assert table.entries[key].median == pytest.approx(statistics.median(prices))
+    del records[1]["probe_ms"]
+    log_path.write_text("".join(json.dumps(line) + "\n" for line in [header, *records]))
+    assert main(argv) == 2  # a log of an older version cannot be priced this way

@@ -266,3 +266,47 @@ def test_onnxruntime_without_layout_transforms_runs_the_same_model():
         assert session.get_session_options().graph_optimization_level == level
         out = runtime.prepare(module, (x,))()[0]
         torch.testing.assert_close(torch.from_numpy(out), module(x), rtol=1e-4, atol=1e-5)
+
+
+X86_CPUINFO = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx2 fma f16c avx512f avx512_vnni\n"
+ARM_CPUINFO = "processor\t: 0\nFeatures\t: fp asimd asimdhp asimddp i8mm sve\nCPU implementer\t: 0x41\n"
+
+
+@pytest.mark.parametrize(("cpuinfo", "isa"), [(X86_CPUINFO, ["avx2", "fma", "f16c", "avx512f", "avx512_vnni"]),
+                                              (ARM_CPUINFO, ["asimd", "asimdhp", "asimddp", "i8mm", "sve"]),
+                                              ("", None)])
+def test_host_isa_lists_the_instruction_sets_kernels_are_chosen_by(monkeypatch, cpuinfo, isa):
+    monkeypatch.setattr(profiler, "_cpuinfo", lambda: cpuinfo.splitlines())
+    assert profiler.host_isa() == isa
+
+
+def test_a_table_of_another_cpu_is_never_resumed_and_is_noted_when_validated(tmp_path, tiny_keys, tiny_table_path,
+                                                                             monkeypatch, capsys):
+    keys = [k for k in tiny_keys if k.kind == "conv"][:2]
+    out = tmp_path / "host.json"
+    monkeypatch.setattr(profiler, "_cpuinfo", lambda: X86_CPUINFO.splitlines())
+    profile(keys[:1], out, "host", "torch", 1, TINY, progress=False, max_seconds=0.01)
+    profiled = out.read_text()
+    assert LatencyTable.load(out).device["isa"] == ["avx2", "fma", "f16c", "avx512f", "avx512_vnni"]
+    assert profiler.other_cpu(LatencyTable.load(out).device) is None
+    assert profiler.other_cpu({"name": "published"}) is None  # a table that does not say cannot be told apart
+
+    without_vnni = X86_CPUINFO.replace(" avx512f avx512_vnni", "").splitlines()
+    monkeypatch.setattr(profiler, "_cpuinfo", lambda: without_vnni)
+    assert profiler.other_cpu(LatencyTable.load(out).device) == (
+        "measured on another CPU (instruction sets only it has: avx512f avx512_vnni; only this host has: none)")
+    with pytest.raises(LatencyTableError, match="another CPU"):
+        profile(keys, out, "host", "torch", 1, TINY, progress=False, max_seconds=0.01)
+    code = main(["profile", "--device", "host", "--backend", "torch", "--space", TINY, "--out", str(out),
+                 "--limit", "2", "--max-seconds", "0.01"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "another CPU" in err and len(err.splitlines()) == 1
+    assert out.read_text() == profiled  # nothing of this host mixed in
+
+    other = LatencyTable.load(tiny_table_path)
+    other.device["isa"] = ["avx2", "avx512_vnni"]
+    other_path = other.save(tmp_path / "tiny-other-cpu.json")
+    assert main(["latency", "validate", "--target", str(other_path), "--backend", "torch", "--n", "2",
+                 "--rounds", "1"]) == 0
+    assert "note: the table was measured on another CPU (instruction sets only it has: avx512_vnni; only this " \
+           "host has: fma f16c)" in capsys.readouterr().out

@@ -114,6 +114,8 @@ def _bench(args: argparse.Namespace) -> int:
     if report["table"]:
         print(f"  table {report['table']} predicts {report['predicted_ms']:.3f} ms "
               f"({100 * report['prediction_error']:+.1f} %)")
+        if report["other_cpu"]:
+            print(f"  note: the table was {report['other_cpu']}")
     else:
         print(f"  no shipped measured {args.precision} table for this runtime and thread count (pass --target)")
     return 0

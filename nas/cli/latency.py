@@ -13,6 +13,7 @@ from nas.latency.calibrate import MODELS, calibrate, read_measurements, read_pub
 from nas.latency.importers import FORMATS, check_ofa_net, import_tables
 from nas.latency.predict import predict_latency
 from nas.latency.profiling.backends import BACKENDS
+from nas.latency.profiling.profiler import other_cpu
 from nas.latency.setting import PRECISIONS, LatencySetting, parse_image_size
 from nas.latency.table import PRECISION_DTYPE, LatencyTable, available_targets, resolve_target
 from nas.latency.timm_keys import timm_op_keys
@@ -166,7 +167,8 @@ def _tables(args: argparse.Namespace) -> int:
     if not targets and not args.json:
         print("no latency tables ship yet: write one with 'nas profile' and pass its path as --target")
     for name, path in sorted(targets.items()):
-        summary = LatencyTable.load(path).summary() | {"target": name}
+        table = LatencyTable.load(path)
+        summary = table.summary() | {"target": name, "other_cpu": other_cpu(table.device)}
         if args.json:
             print(json.dumps(summary))
         else:
@@ -176,6 +178,7 @@ def _tables(args: argparse.Namespace) -> int:
                   + (f" loo_mape={error:.1%}" if error is not None else "")
                   + (f" flops_loo_mape={summary['flops_baseline_error']:.1%}"
                      if summary["flops_baseline_error"] is not None else "")
+                  + (f"\n{'':<28} {summary['other_cpu']}" if summary["other_cpu"] else "")
                   + (f"\n{'':<28} {summary['notes']}" if summary["notes"] else ""))
     return 0
 
@@ -222,6 +225,8 @@ def _validate(args: argparse.Namespace) -> int:
                                                                                         args.threads):
             print(f"  note: the table was measured with {report['table_runtime']} at "
                   f"{report['table_threads']} threads")
+        if report["other_cpu"]:
+            print(f"  note: the table was {report['other_cpu']}")
     return 0
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from nas.latency.predict import predict_latency
 from nas.latency.profiling.backends import get_backend
-from nas.latency.profiling.profiler import measure
+from nas.latency.profiling.profiler import measure, other_cpu
 from nas.latency.setting import REFERENCE_SETTING, LatencySetting
 from nas.latency.table import LatencyTable, available_targets
 from search_spaces.students.student import TraceNetStudent
@@ -42,15 +42,15 @@ def peak_memory_mb(work: Callable[[], object]) -> tuple[object, float | None]:
 
 def host_table(backend: str, threads: int, precision: str = "fp32", space: str | None = None) -> LatencyTable | None:
     """The shipped measured table of this runtime, thread count and precision (and, given, profiled for
-    `space`), if there is one."""
+    `space`), if there is one: one measured on this host's CPU (its kernel instruction sets) before one
+    known to be from another."""
     runtime = {"onnxruntime": "onnxruntime", "executorch-xnnpack": "executorch", "torch": "torch"}[backend]
-    for path in available_targets().values():
-        table = LatencyTable.load(path)
-        if (table.provenance == "measured" and str(table.device.get("runtime", "")).startswith(runtime)
+    tables = [LatencyTable.load(path) for path in available_targets().values()]
+    matching = [table for table in tables
+                if table.provenance == "measured" and str(table.device.get("runtime", "")).startswith(runtime)
                 and table.device.get("threads") == threads and table.precision == precision
-                and (space is None or table.space == space)):
-            return table
-    return None
+                and (space is None or table.space == space)]
+    return min(matching, key=lambda table: other_cpu(table.device) is not None, default=None)
 
 
 def bench(model: TraceNetStudent, backend: str, threads: int, setting: LatencySetting = REFERENCE_SETTING,
@@ -72,5 +72,5 @@ def bench(model: TraceNetStudent, backend: str, threads: int, setting: LatencySe
     if table is not None:
         predicted = predict_latency(arch, table, setting).latency_ms
         report |= {"table": table.name, "predicted_ms": predicted,
-                   "prediction_error": (predicted - entry.median) / entry.median}
+                   "prediction_error": (predicted - entry.median) / entry.median, "other_cpu": other_cpu(table.device)}
     return report

@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from nas.latency.predict import predict_latency
 from nas.latency.profiling.backends import get_backend
-from nas.latency.profiling.profiler import measure
+from nas.latency.profiling.profiler import measure, other_cpu
 from nas.latency.setting import REFERENCE_SETTING, LatencySetting
 from nas.latency.table import LatencyTable
 from search_spaces.common.errors import InvalidValueError
@@ -65,7 +65,8 @@ def random_archs(n: int, seed: int, space: str) -> list[ArchConfig]:
 def validate(table: LatencyTable, backend: str, threads: int, n: int, seed: int = 0, space: str | None = None,
              setting: LatencySetting = REFERENCE_SETTING, rounds: int = 3, progress: bool = True) -> dict:
     """Measure `n` random subnets end to end (their traced one-tap program, `measure_programs`) and
-    compare with the table; each keeps its fastest pass. The table must price `setting.precision`."""
+    compare with the table; each keeps its fastest pass. The table must price `setting.precision`.
+    `other_cpu` says why, when the table was measured on a CPU with other kernel instruction sets."""
     if n < 2:
         raise InvalidValueError(f"--n must be at least 2 to rank architectures, got {n}")
     table.require_precision(setting.precision)
@@ -80,4 +81,5 @@ def validate(table: LatencyTable, backend: str, threads: int, n: int, seed: int 
         summary |= repeatability([c["round_ms"] for c in cases])
     return {"target": table.name, "backend": backend, "threads": threads, "precision": setting.precision, "n": n,
             "seed": seed, "space": space, "table_runtime": table.device.get("runtime"),
-            "table_threads": table.device.get("threads"), **summary, "cases": cases}
+            "table_threads": table.device.get("threads"), "other_cpu": other_cpu(table.device), **summary,
+            "cases": cases}

@@ -25,7 +25,7 @@ import re
 import statistics
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import onnx
@@ -36,7 +36,7 @@ from nas.latency.op_keys import OpKey
 from nas.latency.op_kinds import ContextProfileError, op_kind
 from nas.latency.predict import setting_op_keys
 from nas.latency.profiling.backends import OnnxRuntimeBackend, onnx_feeds
-from nas.latency.profiling.profiler import covering_archs, device_metadata, measure, open_table, summarize
+from nas.latency.profiling.profiler import covering_archs, device_metadata, measure, open_table, other_cpu, summarize
 from nas.latency.profiling.quantized import qdq_float_graph_nodes
 from nas.latency.setting import REFERENCE_SETTING, LatencySetting
 from nas.latency.table import LatencyTable, LatencyTableError
@@ -229,6 +229,14 @@ def context_programs(space: str, setting: LatencySetting,
             yield arch, keys
 
 
+def probe_program(space: str, setting: LatencySetting, runtime: OnnxRuntimeBackend) -> Callable[[], object]:
+    """One small fixed program of `space` (its first covering architecture at its lowest resolution), ready to
+    run: timed before each program of a profile, it tells how fast the machine runs at that moment."""
+    arch = dataclasses.replace(covering_archs(space)[0], resolution=min(get_space(space).resolutions))
+    program = setting.program(TraceNetStudent(arch))
+    return runtime.prepare(program, program.example_inputs())
+
+
 def _read_log(log: Path, header: dict) -> list[dict]:
     """The header and the programs already profiled into `log` (JSON lines after a header that must match
     `header`), for resuming. A last line cut short by an interruption is dropped."""
@@ -247,6 +255,11 @@ def _read_log(log: Path, header: dict) -> list[dict]:
         if records and records[0].get(field) != header[field]:
             raise LatencyTableError(f"{log}: was written for {field}={records[0].get(field)!r}, not "
                                     f"{header[field]!r}; choose another --out")
+    if records and (reason := other_cpu(records[0])):
+        raise LatencyTableError(f"{log}: was {reason}; choose another --out")
+    if any("probe_ms" not in record for record in records[1:]):
+        raise LatencyTableError(f"{log}: was written by an older TraceNAS, without probe timings; delete it to "
+                                "start over")
     return records
 
 
@@ -257,6 +270,11 @@ def profile_context(out: str | Path, device: str, threads: int, space: str,
     `setting`, each program's units scaled to its unprofiled wall time (the profiler's own per-node
     cost is not the program's). At int8, the ops each configuration keeps float inside the quantized
     programs go to `table.float_units`.
+
+    A shared VM runs 10-20 % slower or faster for minutes at a time, and consecutive programs share a
+    width and block choices, so such a phase would price those units alone off. A small fixed program
+    (`probe_program`) is timed before each program, and each program's units are scaled by the median
+    probe time over the profile divided by its own.
 
     A table at `out` (in context, same device) takes another space's units it lacks, priced in that
     space's programs, and keeps those it has. Programs go to `out` minus .json plus .SPACE.programs.jsonl
@@ -277,12 +295,14 @@ def profile_context(out: str | Path, device: str, threads: int, space: str,
             log.write_text(json.dumps(records[0]) + "\n")
         priced_before, done = set(records[0]["priced_before"]), records[1:]
         programs = list(itertools.islice(context_programs(space, setting, priced_before), limit))
+        probe = probe_program(space, setting, runtime) if len(done) < len(programs) else None
         for arch, keys in tqdm(programs[len(done):], desc=f"profile {device} in context ({threads}t)", unit="program",
                                initial=min(len(done), len(programs)), total=len(programs), disable=not progress):
             program = setting.program(TraceNetStudent(arch))
+            probe_ms = measure(probe, max_seconds=0.5).median
             profiled = profile_in_context(program, program.example_inputs(), keys, runtime)
             scale = profiled.wall_ms / sum(profiled.unit_ms)
-            record = {"arch": arch.to_dict(), "wall_ms": profiled.wall_ms, "units": {},
+            record = {"arch": arch.to_dict(), "wall_ms": profiled.wall_ms, "probe_ms": probe_ms, "units": {},
                       **({"float_units": profiled.float_units} if profiled.float_units else {})}
             for key, ms in zip(keys, profiled.unit_ms, strict=True):
                 record["units"].setdefault(str(key), []).append(ms * scale)
@@ -290,16 +310,20 @@ def profile_context(out: str | Path, device: str, threads: int, space: str,
                 f.write(json.dumps(record) + "\n")
             done.append(record)
         observed: dict[str, list[float]] = defaultdict(list)
-        for record in done[: len(programs)]:
+        used = done[: len(programs)]
+        typical_probe_ms = statistics.median(record["probe_ms"] for record in used) if used else 0.0
+        for record in used:
+            speed = typical_probe_ms / record["probe_ms"]
             for key, times in record["units"].items():
-                observed[key] += times
+                observed[key] += [ms * speed for ms in times]
             for config, ops in record.get("float_units", {}).items():
                 table.float_units.setdefault(config, ops)
         added = [key for key in observed if key not in priced_before]
         count = min(len(done), len(programs))
         if not priced_before:
             table.notes = (f"{IN_CONTEXT_NOTE} ONNX Runtime node profiles of {count} covering programs at "
-                           f"{setting.describe()}, each unit's nodes scaled to its program's wall time")
+                           f"{setting.describe()}, each unit's nodes scaled to its program's wall time and the "
+                           "machine's speed by a probe program")
         elif set(added) - set(table.entries):
             table.notes += f"; + {space}: {count} programs priced {len(added)} more units"
         for key in sorted(added):

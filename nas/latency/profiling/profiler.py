@@ -124,20 +124,52 @@ def measure_unit(runtime: Backend, key: OpKey) -> Entry:
 
 
 # ---------------------------------------------------------------- profiling a device
-def host_hardware() -> str:
+# Instruction-set extensions by which ONNX Runtime's MLAS and XNNPACK pick their kernels: two CPUs sold under
+# one model name (a cloud VM's "AMD EPYC") can differ here, and int8 runs several times faster with VNNI / dot
+# product instructions than without.
+KERNEL_ISA = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
+              "avx512_fp16", "amx_int8", "amx_bf16",  # x86 /proc/cpuinfo "flags"
+              "asimd", "asimdhp", "asimddp", "i8mm", "bf16", "sve", "sve2", "sme")  # arm64 "Features"
+
+
+def _cpuinfo() -> list[str]:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads visible)"
+        return Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
+        return []
+
+
+def host_hardware() -> str:
+    for line in _cpuinfo():
+        if line.startswith("model name"):
+            return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads visible)"
     return platform.processor() or platform.machine()
 
 
+def host_isa() -> list[str] | None:
+    """The `KERNEL_ISA` extensions this CPU has, or None where the OS does not list them (no /proc/cpuinfo)."""
+    for line in _cpuinfo():
+        if line.split(":", 1)[0].strip() in ("flags", "Features"):
+            present = set(line.split(":", 1)[1].split())
+            return [isa for isa in KERNEL_ISA if isa in present]
+    return None
+
+
 def device_metadata(name: str, backend: str, threads: int, runtime_version: str, precision: str = "fp32") -> dict:
-    return {"name": name, "hardware": host_hardware(), "os": platform.platform(), "runtime": backend,
-            "runtime_version": runtime_version, "threads": threads, "dtype": PRECISION_DTYPE[precision],
-            "date": date.today().isoformat(), "tool_version": __version__}
+    return {"name": name, "hardware": host_hardware(), "isa": host_isa(), "os": platform.platform(),
+            "runtime": backend, "runtime_version": runtime_version, "threads": threads,
+            "dtype": PRECISION_DTYPE[precision], "date": date.today().isoformat(), "tool_version": __version__}
+
+
+def other_cpu(table_device: dict) -> str | None:
+    """Why a table's measurements do not describe this host's CPU (its kernel ISA extensions differ), or None
+    where they match or the table or the host does not record them."""
+    theirs, ours = table_device.get("isa"), host_isa()
+    if theirs is None or ours is None or set(theirs) == set(ours):
+        return None
+    table_only = " ".join(isa for isa in theirs if isa not in ours) or "none"
+    host_only = " ".join(isa for isa in ours if isa not in theirs) or "none"
+    return f"measured on another CPU (instruction sets only it has: {table_only}; only this host has: {host_only})"
 
 
 def open_table(path: Path, device: dict, space: str | None) -> LatencyTable:
@@ -152,6 +184,8 @@ def open_table(path: Path, device: dict, space: str | None) -> LatencyTable:
         if table.device.get(field) != device[field]:
             raise LatencyTableError(f"{path}: exists for {field}={table.device.get(field)!r}, not "
                                     f"{device[field]!r}; choose another --out to profile a different setup")
+    if reason := other_cpu(table.device):  # one table, one CPU: resuming elsewhere would mix two machines
+        raise LatencyTableError(f"{path}: was {reason}; choose another --out to profile this host")
     return table
 
 
