@@ -68,7 +68,7 @@ def bench(model: TraceNetStudent, backend: str, threads: int, setting: LatencySe
               "measured_ms": entry.median, "measured_p90_ms": entry.p90, "runs": entry.count,
               "peak_memory_mb": peak, "weights_mb": weights_mb,
               "setting": setting.describe() | {"image_hw": list(setting.input_hw(arch))},
-              "arch": arch.to_dict(), "table": None, "predicted_ms": None}
+              "arch": arch.to_dict(), "table": None, "predicted_ms": None, "other_cpu": None}
     if table is not None:
         predicted = predict_latency(arch, table, setting).latency_ms
         report |= {"table": table.name, "predicted_ms": predicted,

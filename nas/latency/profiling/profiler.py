@@ -9,6 +9,7 @@ between ladder shapes and are priced by the table's area interpolation.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import platform
@@ -132,6 +133,7 @@ KERNEL_ISA = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_
               "asimd", "asimdhp", "asimddp", "i8mm", "bf16", "sve", "sve2", "sme")  # arm64 "Features"
 
 
+@functools.cache  # read once: every table listed or validated asks
 def _cpuinfo() -> list[str]:
     try:
         return Path("/proc/cpuinfo").read_text().splitlines()
