@@ -268,7 +268,7 @@ def test_each_program_is_priced_at_the_speed_its_probe_tells(tmp_path):
         for key, times in record["units"].items():
             expected.setdefault(key, []).extend(3.0 * 2.0 / record["probe_ms"] for _ in times)  # median probe: 2 ms
     table = LatencyTable.load(out)
-    assert set(table.entries) == set(expected)
+    assert set(table.entries) == set(expected) and table.probe_ms == 2.0  # the speed validate compares with
     for key, prices in expected.items():
         assert table.entries[key].median == pytest.approx(statistics.median(prices))
     del records[1]["probe_ms"]

@@ -77,6 +77,7 @@ def test_missing_configurations_are_named():
     (lambda d: d["entries"][f"{CONV}@8x8"].pop("p90"), "exactly the fields"),
     (lambda d: d["entries"][f"{CONV}@8x8"].update(mean=-1), "negative or non-numeric"),
     (lambda d: d["device"].pop("name"), "'name' is required"),
+    (lambda d: d.update(probe_ms=-1.0), "probe_ms must be a positive number"),
 ])
 def test_corrupt_tables_name_the_file(tmp_path, mutate, message):
     data = _table().to_json()
@@ -147,6 +148,7 @@ def test_validate_measures_random_subnets_and_feeds_calibrate(tmp_path, tiny_tab
     measured = np.array([c["measured_ms"] for c in report["cases"]])
     assert report["mape"] == pytest.approx(np.mean(np.abs(predicted - measured) / measured))
     assert report["within_10pct"] == pytest.approx(np.mean(np.abs(predicted - measured) <= 0.1 * measured))
+    assert report["median_ratio"] == pytest.approx(np.median(predicted / measured))
     spreads = [max(c["round_ms"]) / min(c["round_ms"]) - 1 for c in report["cases"]]
     assert report["max_round_spread"] == pytest.approx(max(spreads))
 
@@ -163,10 +165,49 @@ def test_validate_measures_random_subnets_and_feeds_calibrate(tmp_path, tiny_tab
     for case, arch in zip(again["cases"], archs, strict=True):
         assert case["predicted_ms"] == pytest.approx(0.25 + sum(price[str(k)] for k in keys[arch]))
 
+    # the saved measurements priced again, without timing: the same summary, and another table's sums
+    assert main(["latency", "validate", "--target", str(tiny_table_path), "--measurements", str(csv), "--json"]) == 0
+    repriced = json.loads(capsys.readouterr().out)
+    assert [c["predicted_ms"] for c in repriced["cases"]] == pytest.approx(predicted.tolist())
+    assert [c["measured_ms"] for c in repriced["cases"]] == pytest.approx(measured.tolist(), abs=1e-6)
+    assert repriced["mape"] == pytest.approx(report["mape"], abs=1e-6)
+    known_path = known.save(tmp_path / "known.json")
+    assert main(["latency", "validate", "--target", str(known_path), "--measurements", str(csv)]) == 0
+    printed = capsys.readouterr().out
+    assert "3 fp32 networks measured in" in printed and "median prediction/measurement" in printed
+    assert main(["latency", "validate", "--target", str(known_path), "--measurements", str(csv), "--json"]) == 0
+    assert [c["predicted_ms"] for c in json.loads(capsys.readouterr().out)["cases"]] == pytest.approx(
+        [0.25 + sum(price[str(k)] for k in keys[arch]) for arch in archs])
+    assert main(["latency", "validate", "--target", str(tiny_table_path)]) == 2  # neither a backend nor measurements
+    assert "--backend is needed" in capsys.readouterr().err
+    assert main(["latency", "validate", "--target", str(tiny_table_path), "--measurements", str(csv),
+                 "--measurements-out", str(tmp_path / "again.csv")]) == 2
+    assert "times nothing" in capsys.readouterr().err and not (tmp_path / "again.csv").exists()
+
     assert main(["latency", "calibrate", "--base", str(tiny_table_path), "--measurements", str(csv),
                  "--out", str(tmp_path / "cal.json")]) == 0
     assert LatencyTable.load(tmp_path / "cal.json").provenance == "calibrated"
     assert main(["latency", "validate", "--target", str(tiny_table_path), "--backend", "torch", "--n", "1"]) == 2
+
+
+def test_validate_times_a_probed_tables_probe_and_prices_each_pass_at_its_profiles_speed(tiny_table_path):
+    """A table profiled with a probe program (in context) records the probe's median time; validate times
+    the same probe before each program of each pass and also scores each pass scaled to that speed."""
+    from nas.latency.validate import accuracy, validate
+
+    table = LatencyTable.load(tiny_table_path)
+    table.probe_ms = 2.0
+    assert LatencyTable.load(table.save(tiny_table_path.with_name("probed.json"))).probe_ms == 2.0
+    report = validate(table, "torch", 1, n=3, seed=0, rounds=2, progress=False)
+    for case in report["cases"]:
+        assert len(case["probe_ms"]) == 2 and min(case["probe_ms"]) > 0
+        assert case["at_profile_speed_ms"] == pytest.approx(
+            min(ms * 2.0 / probe for ms, probe in zip(case["round_ms"], case["probe_ms"], strict=True)))
+    assert report["probe_ratio"] == pytest.approx(np.median([c["probe_ms"] for c in report["cases"]]) / 2.0)
+    assert report["at_profile_speed"] == pytest.approx(accuracy([c["predicted_ms"] for c in report["cases"]],
+                                                                [c["at_profile_speed_ms"] for c in report["cases"]]))
+    table.device["runtime"] = "onnxruntime"  # its probe time says nothing about torch's speed
+    assert "probe_ratio" not in validate(table, "torch", 1, n=2, seed=0, rounds=1, progress=False)
 
 
 def test_a_table_prices_programs_of_its_own_precision_only(tmp_path, tiny_table_path, capsys):

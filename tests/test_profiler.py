@@ -268,8 +268,10 @@ def test_onnxruntime_without_layout_transforms_runs_the_same_model():
         torch.testing.assert_close(torch.from_numpy(out), module(x), rtol=1e-4, atol=1e-5)
 
 
-X86_CPUINFO = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx2 fma f16c avx512f avx512_vnni\n"
-ARM_CPUINFO = "processor\t: 0\nFeatures\t: fp asimd asimdhp asimddp i8mm sve\nCPU implementer\t: 0x41\n"
+X86_CPUINFO = ("processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n"
+               "flags\t\t: fpu sse4_2 avx2 fma f16c avx512f avx512_vnni\n\nprocessor\t: 1\ncpu family\t: 25\n")
+ARM_CPUINFO = ("processor\t: 0\nFeatures\t: fp asimd asimdhp asimddp i8mm sve\n"
+               "CPU implementer\t: 0x41\nCPU part\t: 0xd0c\n")
 
 
 @pytest.mark.parametrize(("cpuinfo", "isa"), [(X86_CPUINFO, ["avx2", "fma", "f16c", "avx512f", "avx512_vnni"]),
@@ -278,6 +280,14 @@ ARM_CPUINFO = "processor\t: 0\nFeatures\t: fp asimd asimdhp asimddp i8mm sve\nCP
 def test_host_isa_lists_the_instruction_sets_kernels_are_chosen_by(monkeypatch, cpuinfo, isa):
     monkeypatch.setattr(profiler, "_cpuinfo", lambda: cpuinfo.splitlines())
     assert profiler.host_isa() == isa
+
+
+@pytest.mark.parametrize(("cpuinfo", "generation"), [(X86_CPUINFO, "AMD EPYC (family 25 model 17, "),
+                                                     (ARM_CPUINFO, "(implementer 0x41 part 0xd0c, ")])
+def test_host_hardware_tells_cpu_generations_that_share_a_name(monkeypatch, cpuinfo, generation):
+    monkeypatch.setattr(profiler, "_cpuinfo", lambda: cpuinfo.splitlines())
+    assert generation in profiler.host_hardware()
+    assert profiler.host_hardware().endswith(f"{torch.get_num_threads()} threads visible)")
 
 
 def test_a_table_of_another_cpu_is_never_resumed_and_is_noted_when_validated(tmp_path, tiny_keys, tiny_table_path,

@@ -17,7 +17,7 @@ from nas.latency.profiling.profiler import other_cpu
 from nas.latency.setting import PRECISIONS, LatencySetting, parse_image_size
 from nas.latency.table import PRECISION_DTYPE, LatencyTable, available_targets, resolve_target
 from nas.latency.timm_keys import timm_op_keys
-from nas.latency.validate import measure_programs, random_archs, validate
+from nas.latency.validate import measure_programs, random_archs, validate, validate_measured
 from search_spaces.common.errors import InvalidValueError
 from search_spaces.space import DEFAULT_SPACE, ArchConfig
 from search_spaces.tracing.tracer import TracingError
@@ -78,10 +78,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "validate", help="benchmark a table: predicted vs measured latency of random subnets",
         description="Build N random subnets of the table's space, export each one's traced one-tap program "
                     "(reference setting) to the backend, measure it end to end on this machine and compare with "
-                    "the table's prediction. Prints within_10pct (fraction within ±10 %), mape and spearman. "
+                    "the table's prediction. Prints within_10pct (fraction within ±10 %), mape, spearman and the "
+                    "median prediction/measurement (a bias all networks share). --measurements CSV prices "
+                    "networks measured before instead, to compare two tables on the same programs. "
                     "A benchmark, not a test: run it on an idle machine with the table's backend and threads.")
     validate.add_argument("--target", required=True, help="shipped table name or table .json path")
-    validate.add_argument("--backend", required=True, choices=BACKENDS)
+    validate.add_argument("--backend", choices=BACKENDS, help="runtime to time the subnets on (needed unless "
+                                                               "--measurements)")
     validate.add_argument("--threads", type=positive_int, default=1)
     validate.add_argument("--n", type=positive_int, default=100, help="random subnets (default 100)")
     validate.add_argument("--seed", type=int, default=0)
@@ -95,6 +98,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     validate.add_argument("--json", action="store_true", help="print one JSON object with per-arch cases")
     validate.add_argument("--measurements-out", metavar="CSV",
                           help="also write the end-to-end measurements (arch, latency_ms) for 'nas latency calibrate'")
+    validate.add_argument("--measurements", metavar="CSV",
+                          help="price these earlier measurements (--measurements-out, 'nas latency measure') instead "
+                               "of timing: compares a re-profiled table with the old one on the same programs")
     validate.set_defaults(func=_validate)
 
     measure = actions.add_parser(
@@ -205,27 +211,43 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     table = resolve_target(args.target)
-    report = validate(table, args.backend, args.threads, args.n, args.seed, args.space,
-                      LatencySetting(precision=args.precision), rounds=args.rounds, progress=not args.json)
+    setting = LatencySetting(precision=args.precision)
+    if args.measurements and args.measurements_out:
+        raise InvalidValueError("--measurements prices earlier measurements and times nothing; drop "
+                                "--measurements-out")
+    if args.measurements:
+        report = validate_measured(table, *read_measurements(args.measurements, setting), args.precision)
+        heading = f"{table.name} vs the {report['n']} {args.precision} networks measured in {args.measurements}:"
+    elif args.backend:
+        report = validate(table, args.backend, args.threads, args.n, args.seed, args.space, setting,
+                          rounds=args.rounds, progress=not args.json)
+        heading = (f"{table.name} vs {args.backend} ({args.threads} threads, {args.precision}), {args.n} random "
+                   f"subnets of {report['space']}:")
+    else:
+        raise InvalidValueError("--backend is needed to time subnets (or --measurements CSV to price earlier ones)")
     if args.measurements_out:
         write_measurements(args.measurements_out, [ArchConfig.from_dict(c["arch"]) for c in report["cases"]],
                            [c["measured_ms"] for c in report["cases"]])
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"{table.name} vs {args.backend} ({args.threads} threads, {args.precision}), {args.n} random subnets of "
-              f"{report['space']}:")
+        print(heading)
         print(f"  within_10pct {report['within_10pct']:.2f}   mape {report['mape']:.1%}   "
-              f"spearman {report['spearman']:.3f}")
+              f"spearman {report['spearman']:.3f}   median prediction/measurement {report['median_ratio']:.2f}x")
         if "rounds_within_10pct" in report:
             print(f"  repeatability: {report['rounds_within_10pct']:.2f} of the subnets timed within 10% across "
                   f"{args.rounds} rounds (widest spread {report['max_round_spread']:.0%}): how well this "
                   "machine repeats itself now, which bounds what within_10pct can show")
-        if report["table_runtime"] and (report["table_runtime"], report["table_threads"]) != (args.backend,
-                                                                                        args.threads):
+        if "probe_ratio" in report:
+            at_speed = report["at_profile_speed"]
+            print(f"  the probe program ran at {report['probe_ratio']:.2f}x its profile's median time; each pass "
+                  f"scaled to the profile's speed: within_10pct {at_speed['within_10pct']:.2f}   mape "
+                  f"{at_speed['mape']:.1%}   median {at_speed['median_ratio']:.2f}x")
+        if report.get("table_runtime") and (report["table_runtime"], report["table_threads"]) != (args.backend,
+                                                                                            args.threads):
             print(f"  note: the table was measured with {report['table_runtime']} at "
                   f"{report['table_threads']} threads")
-        if report["other_cpu"]:
+        if report.get("other_cpu"):
             print(f"  note: the table was {report['other_cpu']}")
     return 0
 
@@ -234,7 +256,7 @@ def _measure(args: argparse.Namespace) -> int:
     archs = random_archs(args.n, args.seed, args.space)
     setting = LatencySetting(precision=args.precision)
     round_ms = measure_programs(archs, args.backend, args.threads, setting, args.rounds,
-                                desc=f"measure {args.backend} ({args.threads}t, {args.precision})")
+                                desc=f"measure {args.backend} ({args.threads}t, {args.precision})").round_ms
     measured = [min(times) for times in round_ms]
     write_measurements(args.out, archs, measured)
     print(f"{args.out}: {len(archs)} {args.precision} programs of {args.space} on {args.backend} ({args.threads} "

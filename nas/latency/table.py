@@ -89,6 +89,9 @@ class LatencyTable:
     notes: str = ""
     # int8 tables: op configuration -> the ops its quantizer left float inside the unit (e.g. a hardswish)
     float_units: dict[str, list[str]] = field(default_factory=dict)
+    # in-context tables: the median time of the profile's probe program (`probe_program`) at the reference
+    # setting, the machine speed the units are priced at; `validate` times the probe to compare speeds
+    probe_ms: float | None = None
 
     def __post_init__(self) -> None:
         self._index: dict[str, list[tuple[int, str]]] | None = None
@@ -114,6 +117,7 @@ class LatencyTable:
                 "calibration": self.calibration, "space": self.space, "overhead_ms": self.overhead_ms,
                 "notes": self.notes, **({"float_units": dict(sorted(self.float_units.items()))}
                                         if self.float_units else {}),
+                **({"probe_ms": self.probe_ms} if self.probe_ms else {}),
                 "entries": {k: asdict(v) for k, v in sorted(self.entries.items())}}
 
     def save(self, path: str | Path) -> Path:
@@ -167,9 +171,13 @@ class LatencyTable:
         if not (isinstance(float_units, dict) and all(isinstance(ops, list) and all(isinstance(o, str) for o in ops)
                                                       for ops in float_units.values())):
             raise fail("float_units must be an object of op configuration -> list of op names")
+        probe_ms = data.get("probe_ms")
+        if probe_ms is not None and not (isinstance(probe_ms, (int, float)) and math.isfinite(probe_ms)
+                                         and probe_ms > 0):
+            raise fail(f"probe_ms must be a positive number, got {probe_ms!r}")
         return cls(device=device, provenance=provenance, entries=entries, calibration=calibration,
                    space=data.get("space"), overhead_ms=float(overhead), notes=str(data.get("notes", "")),
-                   float_units=float_units)
+                   float_units=float_units, probe_ms=probe_ms)
 
     # ---------------------------------------------------------------- prediction
     def add(self, key: str, entry: Entry) -> None:

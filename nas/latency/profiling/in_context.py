@@ -25,7 +25,7 @@ import re
 import statistics
 import tempfile
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import onnx
@@ -36,7 +36,15 @@ from nas.latency.op_keys import OpKey
 from nas.latency.op_kinds import ContextProfileError, op_kind
 from nas.latency.predict import setting_op_keys
 from nas.latency.profiling.backends import OnnxRuntimeBackend, onnx_feeds
-from nas.latency.profiling.profiler import covering_archs, device_metadata, measure, open_table, other_cpu, summarize
+from nas.latency.profiling.profiler import (
+    covering_archs,
+    device_metadata,
+    measure,
+    open_table,
+    other_cpu,
+    probe_program,
+    summarize,
+)
 from nas.latency.profiling.quantized import qdq_float_graph_nodes
 from nas.latency.setting import REFERENCE_SETTING, LatencySetting
 from nas.latency.table import LatencyTable, LatencyTableError
@@ -229,14 +237,6 @@ def context_programs(space: str, setting: LatencySetting,
             yield arch, keys
 
 
-def probe_program(space: str, setting: LatencySetting, runtime: OnnxRuntimeBackend) -> Callable[[], object]:
-    """One small fixed program of `space` (its first covering architecture at its lowest resolution), ready to
-    run: timed before each program of a profile, it tells how fast the machine runs at that moment."""
-    arch = dataclasses.replace(covering_archs(space)[0], resolution=min(get_space(space).resolutions))
-    program = setting.program(TraceNetStudent(arch))
-    return runtime.prepare(program, program.example_inputs())
-
-
 def _read_log(log: Path, header: dict) -> list[dict]:
     """The header and the programs already profiled into `log` (JSON lines after a header that must match
     `header`), for resuming. A last line cut short by an interruption is dropped."""
@@ -321,6 +321,8 @@ def profile_context(out: str | Path, device: str, threads: int, space: str,
         added = [key for key in observed if key not in priced_before]
         count = min(len(done), len(programs))
         if not priced_before:
+            reference = setting == dataclasses.replace(REFERENCE_SETTING, precision=setting.precision)
+            table.probe_ms = typical_probe_ms if reference and used else None  # validate's probe is at reference
             table.notes = (f"{IN_CONTEXT_NOTE} ONNX Runtime node profiles of {count} covering programs at "
                            f"{setting.describe()}, each unit's nodes scaled to its program's wall time and the "
                            "machine's speed by a probe program")

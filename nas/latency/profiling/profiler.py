@@ -9,6 +9,7 @@ between ladder shapes and are priced by the table's area interpolation.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -26,10 +27,12 @@ from nas import __version__
 from nas.latency.op_keys import OpKey, OpKeyError, arch_op_keys
 from nas.latency.op_kinds import op_kind, op_module
 from nas.latency.profiling.backends import Backend, get_backend
+from nas.latency.setting import LatencySetting
 from nas.latency.table import PRECISION_DTYPE, Entry, LatencyTable, LatencyTableError, shape_ladder
 from search_spaces.common.files import exclusive, read_text
 from search_spaces.common.resources import sigterm_as_interrupt
 from search_spaces.space import ArchConfig, get_space
+from search_spaces.students.student import TraceNetStudent
 
 SAVE_EVERY_S = 5.0
 # ---------------------------------------------------------------- enumeration
@@ -142,10 +145,19 @@ def _cpuinfo() -> list[str]:
 
 
 def host_hardware() -> str:
-    for line in _cpuinfo():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads visible)"
-    return platform.processor() or platform.machine()
+    """The CPU's name and generation: VMs give several generations one name (family 25 and 26 are both "AMD EPYC")."""
+    fields: dict[str, str] = {}
+    for line in _cpuinfo():  # the first processor's block describes them all
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields:
+        generation = f"family {fields['cpu family']} model {fields.get('model', '?')}, "
+    elif "CPU part" in fields:
+        generation = f"implementer {fields.get('CPU implementer', '?')} part {fields['CPU part']}, "
+    else:
+        generation = ""
+    return f"{name} ({generation}{torch.get_num_threads()} threads visible)"
 
 
 def host_isa() -> list[str] | None:
@@ -161,6 +173,15 @@ def device_metadata(name: str, backend: str, threads: int, runtime_version: str,
     return {"name": name, "hardware": host_hardware(), "isa": host_isa(), "os": platform.platform(),
             "runtime": backend, "runtime_version": runtime_version, "threads": threads,
             "dtype": PRECISION_DTYPE[precision], "date": date.today().isoformat(), "tool_version": __version__}
+
+
+def probe_program(space: str, setting: LatencySetting, runtime: Backend) -> Callable[[], object]:
+    """One small fixed program of `space` (its first covering architecture at its lowest resolution), ready to
+    run: timed before each program of an in-context profile (and of `validate`), it tells how fast the
+    machine runs at that moment."""
+    arch = dataclasses.replace(covering_archs(space)[0], resolution=min(get_space(space).resolutions))
+    program = setting.program(TraceNetStudent(arch))
+    return runtime.prepare(program, program.example_inputs())
 
 
 def other_cpu(table_device: dict) -> str | None:
