@@ -66,6 +66,11 @@ class LatencySetting:
         arch = model.arch
         return TracedTap(model.eval(), self.input_hw(arch), self.tap_xy(arch), self.window_px(arch))
 
+    @property
+    def is_reference(self) -> bool:
+        """The reference setting at any precision (what an in-context profile's probe is timed at)."""
+        return (self.image_size, self.tap, self.window) == (None, (0.5, 0.5), None)
+
     def describe(self) -> dict:
         return {"image_size": "resolution-wide 4:3" if self.image_size is None else
                 f"{self.image_size[0]}x{self.image_size[1]}",

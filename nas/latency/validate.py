@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,8 +95,7 @@ def validate(table: LatencyTable, backend: str, threads: int, n: int, seed: int 
     space = space or table.space or DEFAULT_SPACE
     archs = random_archs(n, seed, space)
     predicted = [predict_latency(arch, table, setting).latency_ms for arch in archs]
-    probed = (table.probe_ms and table.space and setting == dataclasses.replace(REFERENCE_SETTING,
-                                                                                 precision=setting.precision)
+    probed = (table.probe_ms and table.space and setting.is_reference
               and (table.device.get("runtime"), table.device.get("threads")) == (backend, threads))
     timings = measure_programs(archs, backend, threads, setting, rounds, progress, desc=f"validate {table.name}",
                                probe_space=table.space if probed else None)

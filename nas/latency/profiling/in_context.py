@@ -321,8 +321,7 @@ def profile_context(out: str | Path, device: str, threads: int, space: str,
         added = [key for key in observed if key not in priced_before]
         count = min(len(done), len(programs))
         if not priced_before:
-            reference = setting == dataclasses.replace(REFERENCE_SETTING, precision=setting.precision)
-            table.probe_ms = typical_probe_ms if reference and used else None  # validate's probe is at reference
+            table.probe_ms = typical_probe_ms if setting.is_reference and used else None  # validate probes there
             table.notes = (f"{IN_CONTEXT_NOTE} ONNX Runtime node profiles of {count} covering programs at "
                            f"{setting.describe()}, each unit's nodes scaled to its program's wall time and the "
                            "machine's speed by a probe program")

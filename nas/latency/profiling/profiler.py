@@ -144,12 +144,18 @@ def _cpuinfo() -> list[str]:
         return []
 
 
-def host_hardware() -> str:
-    """The CPU's name and generation: VMs give several generations one name (family 25 and 26 are both "AMD EPYC")."""
+def _cpu_fields() -> dict[str, str]:
+    """The first processor's /proc/cpuinfo fields (it describes them all)."""
     fields: dict[str, str] = {}
-    for line in _cpuinfo():  # the first processor's block describes them all
+    for line in _cpuinfo():
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def host_hardware() -> str:
+    """The CPU's name and generation: VMs give several generations one name (family 25 and 26 are both "AMD EPYC")."""
+    fields = _cpu_fields()
     name = fields.get("model name") or platform.processor() or platform.machine()
     if "cpu family" in fields:
         generation = f"family {fields['cpu family']} model {fields.get('model', '?')}, "
@@ -162,11 +168,12 @@ def host_hardware() -> str:
 
 def host_isa() -> list[str] | None:
     """The `KERNEL_ISA` extensions this CPU has, or None where the OS does not list them (no /proc/cpuinfo)."""
-    for line in _cpuinfo():
-        if line.split(":", 1)[0].strip() in ("flags", "Features"):
-            present = set(line.split(":", 1)[1].split())
-            return [isa for isa in KERNEL_ISA if isa in present]
-    return None
+    fields = _cpu_fields()
+    listed = fields.get("flags", fields.get("Features"))  # x86, arm64
+    if listed is None:
+        return None
+    present = set(listed.split())
+    return [isa for isa in KERNEL_ISA if isa in present]
 
 
 def device_metadata(name: str, backend: str, threads: int, runtime_version: str, precision: str = "fp32") -> dict:
